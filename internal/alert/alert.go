@@ -1,0 +1,99 @@
+// Package alert owns the normalized alert that every source is decoded into,
+// and the per-source decoders that build it from what a SIEM or SOAR sends.
+//
+// It is pure: no storage, no HTTP, no Defender. Everything in an Alert came
+// from outside and is untrusted, except Device.ID and Device.DNSName, which a
+// decoder only sets after checking them (see ValidMachineID, ValidDNSName), so
+// that nothing from an alert can later steer a URL path or an OData filter.
+package alert
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Severity is the normalized severity of sources.md. Its order matters:
+// rules compare severities with gte/lte.
+type Severity string
+
+// The normalized severities, lowest first.
+const (
+	Informational Severity = "informational"
+	Low           Severity = "low"
+	Medium        Severity = "medium"
+	High          Severity = "high"
+	Critical      Severity = "critical"
+)
+
+// Severities lists the normalized severities, lowest first.
+var severities = [...]Severity{Informational, Low, Medium, High, Critical}
+
+// Severities returns the normalized severities, lowest first.
+func Severities() []Severity { s := severities; return s[:] }
+
+// Rank orders severities: informational 0 … critical 4, and -1 for anything
+// that is not a normalized severity.
+func (s Severity) Rank() int {
+	for i, v := range severities {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// Valid reports whether s is one of the normalized severities.
+func (s Severity) Valid() bool { return s.Rank() >= 0 }
+
+// Device is one device an alert names. ID and DNSName are either empty or
+// checked: ID is a 40-hex Defender machine id (lower case), DNSName a valid
+// host name (lower case).
+type Device struct {
+	ID          string `json:"id,omitempty"`
+	DNSName     string `json:"dns_name,omitempty"`
+	AADDeviceID string `json:"aad_device_id,omitempty"`
+}
+
+// Key identifies the device for cooldowns and "one open scan per device":
+// the machine id when known, else the DNS name.
+func (d Device) Key() string {
+	if d.ID != "" {
+		return "id:" + d.ID
+	}
+	return "dns:" + d.DNSName
+}
+
+// DroppedDevice is a device the alert named that cannot be used, and why.
+// Value is the offending text, truncated; it is for explanations only.
+type DroppedDevice struct {
+	Value  string `json:"value"`
+	Reason string `json:"reason"`
+}
+
+// Alert is one normalized alert.
+type Alert struct {
+	ID              string    `json:"id"`
+	Source          string    `json:"source"`
+	Severity        Severity  `json:"severity"`
+	Title           string    `json:"title,omitempty"`
+	Description     string    `json:"description,omitempty"`
+	Category        string    `json:"category,omitempty"`
+	DetectionSource string    `json:"detection_source,omitempty"`
+	ThreatFamily    string    `json:"threat_family,omitempty"`
+	Status          string    `json:"status,omitempty"`
+	MitreTechniques []string  `json:"mitre_techniques,omitempty"`
+	Tags            []string  `json:"tags,omitempty"`
+	TenantID        string    `json:"tenant_id,omitempty"`
+	Time            time.Time `json:"time,omitzero"`
+	// URL points back to the alert in its own console.
+	URL     string          `json:"url,omitempty"`
+	Devices []Device        `json:"devices"`
+	Dropped []DroppedDevice `json:"dropped,omitempty"`
+	// Skip, when set, says why scanhook must not act on this alert at all
+	// (for example an Azure Monitor alert that is Resolved). The alert is
+	// still recorded so the decision is explained.
+	Skip string `json:"skip,omitempty"`
+	// Raw is this alert's own part of the body as sent (for raw.<path> in
+	// rules and for the audit trail).
+	Raw json.RawMessage `json:"-"`
+}

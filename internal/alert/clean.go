@@ -1,0 +1,314 @@
+package alert
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// ValidMachineID reports whether s is a Defender machine id: exactly 40
+// hexadecimal characters (either case; decoders store it lower-cased).
+func ValidMachineID(s string) bool {
+	if len(s) != 40 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidDNSName reports whether s is an RFC 1123 host name: dot-separated
+// labels of 1-63 letters, digits and hyphens, no label starting or ending
+// with a hyphen, at most 253 characters once one trailing dot is removed.
+// Letters may be either case (host names are case-insensitive; decoders
+// store them lower-cased). As RFC 1123 section 2.1 notes, the last label is
+// never all digits, which keeps IPv4 addresses out.
+func ValidDNSName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	last := s[strings.LastIndexByte(s, '.')+1:]
+	return strings.Trim(last, "0123456789") != ""
+}
+
+// normalizeDNSName returns the checked, lower-cased form of s without its
+// trailing dot, or "" when s is not a host name.
+func normalizeDNSName(s string) string {
+	s = strings.TrimSpace(s)
+	if !ValidDNSName(s) {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSuffix(s, "."))
+}
+
+// validGUID reports whether s is a GUID in its usual 8-4-4-4-12 form (the
+// Azure AD device id).
+func validGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// isControl covers C0, DEL, C1 and the bidirectional overrides and
+// isolates, which can make a title read differently from what it holds.
+func isControl(r rune) bool {
+	return unicode.IsControl(r) || r >= 0x202A && r <= 0x202E || r >= 0x2066 && r <= 0x2069 || r == 0x2028 || r == 0x2029
+}
+
+func stripControls(s string) string {
+	if strings.IndexFunc(s, isControl) < 0 {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if isControl(r) {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// truncate cuts s to at most max bytes on a rune boundary.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
+}
+
+// cleanLine is for one-line fields: whitespace controls become spaces,
+// other controls go, and the result is trimmed and capped.
+func cleanLine(s string, max int) string {
+	s = truncate(s, 4*max) // bound the work before mapping
+	if strings.IndexFunc(s, isControl) < 0 {
+		return truncate(strings.TrimSpace(s), max)
+	}
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
+			return ' '
+		case isControl(r):
+			return -1
+		}
+		return r
+	}, s)
+	return truncate(strings.TrimSpace(s), max)
+}
+
+// cleanText is for descriptions: it keeps line breaks and tabs.
+func cleanText(s string, max int) string {
+	s = truncate(s, 4*max)
+	if strings.IndexFunc(s, func(r rune) bool { return r != '\n' && r != '\t' && isControl(r) }) < 0 {
+		return truncate(strings.TrimSpace(s), max)
+	}
+	s = strings.Map(func(r rune) rune {
+		if r != '\n' && r != '\t' && isControl(r) {
+			return -1
+		}
+		return r
+	}, s)
+	return truncate(strings.TrimSpace(s), max)
+}
+
+func cleanList(l []string, max int) []string {
+	var out []string
+	seen := make(map[string]bool, len(l))
+	for _, s := range l {
+		if len(out) >= MaxListLen {
+			break
+		}
+		s = cleanLine(s, max)
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// cleanURL keeps only absolute http(s) URLs: the URL goes into scan comments
+// and the audit trail, never into a request scanhook makes.
+func cleanURL(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > MaxURLLen || strings.IndexFunc(s, func(r rune) bool { return isControl(r) || r == ' ' }) >= 0 {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return ""
+	}
+	return s
+}
+
+// cleanDropped renders an unusable value for DroppedDevice.Value and
+// messages: no controls, capped.
+func cleanDropped(s string) string {
+	s = stripControls(truncate(s, 4*maxDroppedValueLen))
+	if len(s) > maxDroppedValueLen {
+		return truncate(s, maxDroppedValueLen) + "…"
+	}
+	return s
+}
+
+// alertID checks an alert id read at n: controls stripped, required, capped.
+func alertID(n node, s string) (string, error) {
+	s = strings.TrimSpace(stripControls(s))
+	if s == "" {
+		return "", &FieldError{Field: n.label(), Msg: "missing or empty: the alert id is required"}
+	}
+	if len(s) > MaxIDLen {
+		return "", &FieldError{Field: n.label(), Msg: fmt.Sprintf("longer than %d bytes", MaxIDLen)}
+	}
+	return s, nil
+}
+
+// deviceSet gathers an alert's devices: checked, deduplicated and capped.
+type deviceSet struct {
+	devices []Device
+	dropped []DroppedDevice
+	more    int // dropped devices beyond MaxDroppedPerAlert
+}
+
+func (d *deviceSet) drop(value, reason string) {
+	if len(d.dropped) >= MaxDroppedPerAlert {
+		d.more++
+		return
+	}
+	d.dropped = append(d.dropped, DroppedDevice{Value: cleanDropped(value), Reason: reason})
+}
+
+// add takes one device as the source names it. A machine id is used only when
+// it is 40 hex; anything else is never an id, and the device then stands on
+// its DNS name alone, if that is a host name.
+func (d *deviceSet) add(id, dns, aad string) {
+	id, dns, aad = strings.TrimSpace(id), strings.TrimSpace(dns), strings.TrimSpace(aad)
+	if id == "" && dns == "" {
+		if aad != "" {
+			d.drop(aad, "only an Azure AD device id, no machine id or DNS name")
+		}
+		return
+	}
+	var dev Device
+	if ValidMachineID(id) {
+		dev.ID = strings.ToLower(id)
+	}
+	dev.DNSName = normalizeDNSName(dns)
+	if dev.ID == "" && dev.DNSName == "" {
+		var why []string
+		if id != "" {
+			why = append(why, "machine id is not 40 hexadecimal characters")
+		}
+		if dns != "" {
+			why = append(why, "DNS name is not a valid host name")
+		} else {
+			why = append(why, "no DNS name")
+		}
+		value := dns
+		if value == "" {
+			value = id
+		}
+		d.drop(value, strings.Join(why, "; "))
+		return
+	}
+	if validGUID(aad) {
+		dev.AADDeviceID = strings.ToLower(aad)
+	}
+	for i := range d.devices {
+		e := &d.devices[i]
+		sameID := dev.ID != "" && e.ID == dev.ID
+		sameName := dev.DNSName != "" && e.DNSName == dev.DNSName && (dev.ID == "" || e.ID == "")
+		if !sameID && !sameName {
+			continue
+		}
+		if e.ID == "" {
+			e.ID = dev.ID
+		}
+		if e.DNSName == "" {
+			e.DNSName = dev.DNSName
+		}
+		if e.AADDeviceID == "" {
+			e.AADDeviceID = dev.AADDeviceID
+		}
+		return
+	}
+	if len(d.devices) >= MaxDevicesPerAlert {
+		v := dev.ID
+		if v == "" {
+			v = dev.DNSName
+		}
+		d.drop(v, fmt.Sprintf("more than %d devices in one alert", MaxDevicesPerAlert))
+		return
+	}
+	d.devices = append(d.devices, dev)
+}
+
+// addPairs adds devices from parallel lists (multivalue fields): ids[i] goes
+// with names[i].
+func (d *deviceSet) addPairs(ids, names []string) {
+	n := max(len(ids), len(names))
+	for i := 0; i < n; i++ {
+		var id, name string
+		if i < len(ids) {
+			id = ids[i]
+		}
+		if i < len(names) {
+			name = names[i]
+		}
+		d.add(id, name, "")
+	}
+}
+
+func (d *deviceSet) fill(a *Alert) {
+	a.Devices = d.devices
+	if a.Devices == nil {
+		a.Devices = []Device{}
+	}
+	a.Dropped = d.dropped
+	if d.more > 0 {
+		a.Dropped = append(a.Dropped, DroppedDevice{Reason: fmt.Sprintf("%d more unusable devices not listed", d.more)})
+	}
+}
+
+// hostFQDN joins a host name and its domain, as Sentinel splits them.
+func hostFQDN(host, domain string) string {
+	host, domain = strings.TrimSpace(host), strings.TrimSpace(domain)
+	if host == "" || domain == "" || strings.Contains(host, ".") {
+		return host
+	}
+	return host + "." + strings.TrimPrefix(domain, ".")
+}
