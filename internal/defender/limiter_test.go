@@ -1,0 +1,293 @@
+package defender
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
+
+	"github.com/scanhook/scanhook/internal/defendersim"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Set(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = time.Unix(1_700_000_000, 0).Add(d)
+}
+
+func (l *SlidingWindowLimiter) try(f Family) (time.Duration, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.admit(&l.families[f])
+}
+
+// A token bucket with burst equal to the per-minute limit lets twice the
+// limit through in one sliding minute; the sliding window does not. This is
+// the reason the default limiter is not golang.org/x/time/rate.
+func TestSlidingWindowVersusTokenBucket(t *testing.T) {
+	const limit = 100
+	start := time.Unix(1_700_000_000, 0)
+
+	bucket := rate.NewLimiter(rate.Every(time.Minute/limit), limit)
+	admitted := 0
+	for ms := 0; ms < 60_000; ms += 100 {
+		for bucket.AllowN(start.Add(time.Duration(ms)*time.Millisecond), 1) {
+			admitted++
+		}
+	}
+	if admitted < 2*limit-1 {
+		t.Fatalf("token bucket admitted %d in one minute; the premise is wrong", admitted)
+	}
+
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
+		Windows: []Window{{Limit: limit, Length: time.Minute}, {Limit: 1500, Length: time.Hour}},
+		Now:     clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admitted = 0
+	for ms := 0; ms < 60_000; ms += 100 {
+		clock.Set(time.Duration(ms) * time.Millisecond)
+		for {
+			if _, ok := l.try(ScanActions); !ok {
+				break
+			}
+			l.Done(ScanActions)
+			admitted++
+		}
+	}
+	if admitted != limit {
+		t.Fatalf("sliding window admitted %d in one minute, want %d", admitted, limit)
+	}
+	// Only after the first calls have been out for a minute plus the 1%
+	// margin does a new one go.
+	clock.Set(time.Minute + 500*time.Millisecond)
+	if wait, ok := l.try(ScanActions); ok || wait != 100*time.Millisecond {
+		t.Fatalf("at 60.5s: ok %v wait %s, want a 100ms wait", ok, wait)
+	}
+	clock.Set(time.Minute + 600*time.Millisecond)
+	if _, ok := l.try(ScanActions); !ok {
+		t.Fatal("at 60.6s the oldest call has left the window")
+	}
+	// Families are independent.
+	if _, ok := l.try(MachineReads); !ok {
+		t.Fatal("machine reads blocked by scans")
+	}
+}
+
+func TestSlidingWindowCountsInFlightCalls(t *testing.T) {
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
+		Windows: []Window{{Limit: 2, Length: time.Second}}, Margin: -1, Now: clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, ok := l.try(ActionReads); !ok {
+			t.Fatal("first two calls blocked")
+		}
+	}
+	// Both in flight: only a completion can free a slot, however long ago
+	// they were admitted.
+	clock.Set(time.Hour)
+	if wait, ok := l.try(ActionReads); ok || wait != 0 {
+		t.Fatalf("with 2 in flight: ok %v wait %s", ok, wait)
+	}
+	// One completes at 1h: it counts from its completion, not admission.
+	l.Done(ActionReads)
+	clock.Set(time.Hour + 400*time.Millisecond)
+	if wait, ok := l.try(ActionReads); ok || wait != 600*time.Millisecond {
+		t.Fatalf("after a completion: ok %v wait %s, want 600ms", ok, wait)
+	}
+	clock.Set(time.Hour + time.Second)
+	if _, ok := l.try(ActionReads); !ok {
+		t.Fatal("slot not freed a window after completion")
+	}
+}
+
+func TestSlidingWindowHourLimit(t *testing.T) {
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
+		Windows: []Window{{Limit: 100, Length: time.Minute}, {Limit: 150, Length: time.Hour}}, Margin: -1, Now: clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admitted := 0
+	for m := 0; m < 60; m++ {
+		clock.Set(time.Duration(m) * time.Minute)
+		for {
+			if _, ok := l.try(ScanActions); !ok {
+				break
+			}
+			l.Done(ScanActions)
+			admitted++
+		}
+	}
+	if admitted != 150 {
+		t.Fatalf("admitted %d in an hour, want 150", admitted)
+	}
+	clock.Set(59 * time.Minute)
+	wait, ok := l.try(ScanActions)
+	if ok || wait != time.Minute {
+		t.Fatalf("ok %v wait %s, want 1m (the first 100 leave at 60m)", ok, wait)
+	}
+}
+
+func TestSlidingWindowWaitRespectsContext(t *testing.T) {
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{{Limit: 1, Length: time.Hour}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Wait(context.Background(), ScanActions); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- l.Wait(ctx, ScanActions) }()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait = %v, want canceled", err)
+	}
+	if err := l.Wait(context.Background(), Family(99)); err == nil {
+		t.Fatal("unknown family accepted")
+	}
+	for _, bad := range []Window{{0, time.Second}, {1, 0}, {-1, time.Second}} {
+		if _, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{bad}}); err == nil {
+			t.Errorf("window %+v accepted", bad)
+		}
+	}
+}
+
+// Real goroutines and timers: admissions never crowd a window, and a
+// waiting call is released by a completion.
+func TestSlidingWindowConcurrent(t *testing.T) {
+	const limit, length = 5, 40 * time.Millisecond
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{{Limit: limit, Length: length}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var admits []time.Time
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Go(func() {
+			if err := l.Wait(context.Background(), MachineReads); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			admits = append(admits, time.Now())
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+			l.Done(MachineReads)
+		})
+	}
+	wg.Wait()
+	sort.Slice(admits, func(i, j int) bool { return admits[i].Before(admits[j]) })
+	for i := range admits {
+		n := 0
+		for j := i; j < len(admits) && admits[j].Sub(admits[i]) < length; j++ {
+			n++
+		}
+		if n > limit {
+			t.Fatalf("%d admissions within %s from #%d", n, length, i)
+		}
+	}
+}
+
+// 500 concurrent calls across the three families against the simulator's
+// own sliding windows: the short windows fill up (so the limiter, not the
+// load, is what holds the rate) and not one call is throttled.
+// TestThrottledRetryAfter shows the simulator does throttle without it.
+func TestRateLimitHoldsUnder500ConcurrentCalls(t *testing.T) {
+	rl := defendersim.RateLimit{PerMinute: 20, PerHour: 80, Minute: 400 * time.Millisecond, Hour: 1600 * time.Millisecond}
+	lim, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{
+		{Limit: rl.PerMinute, Length: rl.Minute}, {Limit: rl.PerHour, Length: rl.Hour},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, defendersim.Options{GenerateMachines: 200, RateLimit: rl, PendingFor: time.Hour},
+		func(c *Config, d *Deps) {
+			d.Limiter = lim
+			c.Timeout = 20 * time.Second // a loaded, race-instrumented machine is slow
+		})
+	throttled, failed := storm(t, e, 500)
+	st := e.sim.Stats()
+	if st.Throttled != 0 || throttled != 0 || failed != 0 {
+		t.Errorf("simulator answered %d calls 429; client saw %d throttled, %d other failures", st.Throttled, throttled, failed)
+	}
+	if len(st.Families) != 3 {
+		t.Errorf("families = %+v", st.Families)
+	}
+	for fam, fs := range st.Families {
+		if fs.MaxPerMinute > rl.PerMinute || fs.MaxPerHour > rl.PerHour {
+			t.Errorf("%s: %d per short window, %d per long window", fam, fs.MaxPerMinute, fs.MaxPerHour)
+		}
+		if fs.MaxPerMinute != rl.PerMinute {
+			t.Errorf("%s: the short window never filled (%d): the test proves nothing", fam, fs.MaxPerMinute)
+		}
+	}
+	if testutil.CollectAndCount(e.client.m.limiterWait) != 3 {
+		t.Error("limiter wait not observed for the three families")
+	}
+	t.Logf("simulator families: %+v", st.Families)
+}
+
+// storm sends n concurrent calls spread over the three families.
+func storm(t *testing.T, e *env, n int) (throttled, failed int) {
+	ctx := ctxT(t)
+	machines := e.sim.Machines()
+	first, err := e.client.RunAntiVirusScan(ctx, machines[0].ID, Quick, "seed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			m := machines[i%len(machines)]
+			var err error
+			switch i % 3 {
+			case 0:
+				_, err = e.client.RunAntiVirusScan(ctx, m.ID, Quick, "storm")
+				if KindOf(err) == AlreadyScanning {
+					err = nil
+				}
+			case 1:
+				_, err = e.client.GetMachine(ctx, m.ID)
+			case 2:
+				_, err = e.client.GetAction(ctx, first.ID)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case KindOf(err) == Throttled:
+				throttled++
+			case err != nil:
+				failed++
+				t.Logf("call failed: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	return throttled, failed
+}
