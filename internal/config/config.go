@@ -1,0 +1,436 @@
+// Package config owns scanhook's configuration file: its schema (the
+// contract of DESIGN.md), strict loading with FILE:LINE:COL errors, defaults,
+// and reading the secrets it points at (files or environment, never inline).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/yamlpos"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Listen   string            `yaml:"listen"`
+	Rules    string            `yaml:"rules"`
+	Store    Store             `yaml:"store"`
+	Defender defender.Config   `yaml:"defender"`
+	Sources  map[string]Source `yaml:"sources"`
+	Server   Server            `yaml:"server"`
+	Dispatch Dispatch          `yaml:"dispatch"`
+	Log      Log               `yaml:"log"`
+
+	// File is the path the configuration was read from ("" when built in code).
+	File string `yaml:"-"`
+}
+
+// Store selects the database.
+type Store struct {
+	Driver string `yaml:"driver"` // sqlite | postgres
+	// DSN is the SQLite file, or a PostgreSQL URL without a password; a DSN
+	// with a password belongs in DSNFile or SCANHOOK_STORE_DSN.
+	DSN     string `yaml:"dsn"`
+	DSNFile string `yaml:"dsn_file"`
+}
+
+// Source configures one webhook source.
+type Source struct {
+	Auth           Auth `yaml:"auth"`
+	InsecureNoAuth bool `yaml:"insecure_no_auth"`
+	// Mapping is the generic source's JSON-path mapping.
+	Mapping *alert.GenericMapping `yaml:"mapping"`
+	// Labels names the Alertmanager labels that carry device and severity.
+	Labels *alert.AlertmanagerOptions `yaml:"labels"`
+}
+
+// Auth names where a source's credentials are. Each may instead come from
+// the environment: SCANHOOK_<SOURCE>_BEARER_TOKEN, _HMAC_SECRET, _QUERY_TOKEN.
+type Auth struct {
+	BearerTokenFile string `yaml:"bearer_token_file"`
+	HMACSecretFile  string `yaml:"hmac_secret_file"`
+	QueryTokenFile  string `yaml:"query_token_file"`
+}
+
+// Server tunes the HTTP listener.
+type Server struct {
+	MaxBodyBytes      int64         `yaml:"max_body_bytes"`
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       time.Duration `yaml:"read_timeout"`
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	// IngestPerSecond and IngestBurst bound webhook intake (429 beyond);
+	// 0 per second disables the limiter.
+	IngestPerSecond float64 `yaml:"ingest_per_second"`
+	IngestBurst     int     `yaml:"ingest_burst"`
+}
+
+// Dispatch tunes how jobs reach Defender.
+type Dispatch struct {
+	Workers      int           `yaml:"workers"`
+	MaxAttempts  int           `yaml:"max_attempts"`
+	MaxAge       time.Duration `yaml:"max_age"`
+	BackoffBase  time.Duration `yaml:"backoff_base"`
+	BackoffMax   time.Duration `yaml:"backoff_max"`
+	Lease        time.Duration `yaml:"lease"`
+	PollInterval time.Duration `yaml:"poll_interval"`
+}
+
+// Log sets the log level: debug, info, warn or error.
+type Log struct {
+	Level string `yaml:"level"`
+}
+
+// Defaults returns the configuration used for every key a file leaves out.
+func Defaults() Config {
+	return Config{
+		Listen: ":8080",
+		Rules:  "/etc/scanhook/rules.yaml",
+		Store:  Store{Driver: "sqlite", DSN: "/var/lib/scanhook/scanhook.db"},
+		Defender: defender.Config{
+			Cloud:      defender.CloudCommercial,
+			Credential: defender.CredentialDefault,
+			RateLimit:  defender.RateLimit{PerMinute: defender.DefaultPerMinute, PerHour: defender.DefaultPerHour},
+		},
+		Server: Server{
+			MaxBodyBytes:      1 << 20,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ShutdownTimeout:   20 * time.Second,
+			IngestPerSecond:   1000,
+			IngestBurst:       2000,
+		},
+		Dispatch: Dispatch{
+			Workers:      4,
+			MaxAttempts:  12,
+			MaxAge:       24 * time.Hour,
+			BackoffBase:  2 * time.Second,
+			BackoffMax:   10 * time.Minute,
+			Lease:        2 * time.Minute,
+			PollInterval: 15 * time.Second,
+		},
+		Log: Log{Level: "info"},
+	}
+}
+
+// Load reads and validates a configuration file. Relative paths in it are
+// relative to the file's folder, as in Prometheus, so a config and its rules
+// can move together. The error is a yamlpos.ErrorList of every problem.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load on bytes already read; path names the file in errors and
+// anchors relative paths.
+func Parse(path string, data []byte) (*Config, error) {
+	cfg := Defaults()
+	var root *yaml.Node
+	// An empty file means "all defaults", which the demo and tests rely on.
+	if len(bytes.TrimSpace(data)) > 0 {
+		var errs yamlpos.ErrorList
+		if root, errs = yamlpos.Parse(path, data); len(errs) > 0 {
+			return nil, errs.Err()
+		}
+		if errs := yamlpos.Decode(path, root, &cfg); len(errs) > 0 {
+			return nil, errs.Err()
+		}
+	}
+	cfg.File = path
+	v := validator{file: path, root: root}
+	v.check(&cfg)
+	if err := v.errs.Err(); err != nil {
+		return nil, err
+	}
+	cfg.resolvePaths(filepath.Dir(path))
+	return &cfg, nil
+}
+
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Rules)
+	abs(&c.Store.DSNFile)
+	if c.Store.Driver == "sqlite" && !strings.HasPrefix(c.Store.DSN, "file:") {
+		abs(&c.Store.DSN)
+	}
+	abs(&c.Defender.ClientSecretFile)
+	abs(&c.Defender.ClientCertificateFile)
+	for name, s := range c.Sources {
+		abs(&s.Auth.BearerTokenFile)
+		abs(&s.Auth.HMACSecretFile)
+		abs(&s.Auth.QueryTokenFile)
+		c.Sources[name] = s
+	}
+}
+
+type validator struct {
+	file string
+	root *yaml.Node
+	errs yamlpos.ErrorList
+}
+
+// errorf reports a problem at the node for path (a key path from the root);
+// it falls back to the nearest existing parent, then to the file's start.
+func (v *validator) errorf(path []string, format string, a ...any) {
+	v.errs = append(v.errs, yamlpos.At(v.file, nodeAt(v.root, path), format, a...))
+}
+
+func (v *validator) check(c *Config) {
+	if c.Listen == "" {
+		v.errorf([]string{"listen"}, "listen: must not be empty (for example \":8080\")")
+	}
+	if c.Rules == "" {
+		v.errorf([]string{"rules"}, "rules: must name the rule file")
+	}
+	switch c.Store.Driver {
+	case "sqlite":
+		if c.Store.DSN == "" {
+			v.errorf([]string{"store", "dsn"}, "store.dsn: the SQLite file is required")
+		}
+	case "postgres":
+		if c.Store.DSN != "" && c.Store.DSNFile != "" {
+			v.errorf([]string{"store", "dsn_file"}, "store: set dsn or dsn_file, not both")
+		}
+	default:
+		v.errorf([]string{"store", "driver"}, "store.driver: %q is not supported (want sqlite or postgres)", c.Store.Driver)
+	}
+	if err := c.Defender.Validate(); err != nil {
+		v.errorf([]string{"defender"}, "%v", err)
+	}
+	names := make([]string, 0, len(c.Sources))
+	for name := range c.Sources {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		s := c.Sources[name]
+		p := []string{"sources", name}
+		if !slices.Contains(alert.Sources(), name) {
+			msg := fmt.Sprintf("sources: unknown source %q (want one of %s)", name, strings.Join(alert.Sources(), ", "))
+			if sug := yamlpos.Suggest(name, alert.Sources()); sug != "" {
+				msg += fmt.Sprintf("; did you mean %q?", sug)
+			}
+			v.errs = append(v.errs, yamlpos.At(v.file, keyNodeAt(v.root, p), "%s", msg))
+			continue
+		}
+		hasAuth := s.Auth.BearerTokenFile != "" || s.Auth.HMACSecretFile != "" || s.Auth.QueryTokenFile != ""
+		if s.InsecureNoAuth && hasAuth {
+			v.errorf(append(p, "insecure_no_auth"), "sources.%s: insecure_no_auth with auth configured is contradictory; remove one", name)
+		}
+		if s.Mapping != nil {
+			if name != "generic" {
+				v.errorf(append(p, "mapping"), "sources.%s.mapping: only the generic source takes a mapping", name)
+			} else if err := s.Mapping.Validate(); err != nil {
+				v.errorf(append(p, "mapping"), "sources.generic.mapping: %v", err)
+			}
+		}
+		if s.Labels != nil {
+			if name != "alertmanager" {
+				v.errorf(append(p, "labels"), "sources.%s.labels: only the alertmanager source takes labels", name)
+			} else if err := s.Labels.Validate(); err != nil {
+				v.errorf(append(p, "labels"), "sources.alertmanager.labels: %v", err)
+			}
+		}
+		if name == "generic" && s.Mapping == nil {
+			v.errorf(p, "sources.generic: a mapping is required for the generic source")
+		}
+	}
+	if c.Server.MaxBodyBytes <= 0 {
+		v.errorf([]string{"server", "max_body_bytes"}, "server.max_body_bytes: must be positive")
+	}
+	if c.Server.IngestPerSecond < 0 || c.Server.IngestBurst < 0 {
+		v.errorf([]string{"server"}, "server: ingest_per_second and ingest_burst must not be negative")
+	}
+	if c.Server.IngestPerSecond > 0 && c.Server.IngestBurst < 1 {
+		v.errorf([]string{"server", "ingest_burst"}, "server.ingest_burst: must be at least 1 when ingest_per_second is set")
+	}
+	d := c.Dispatch
+	for _, f := range []struct {
+		key string
+		bad bool
+	}{
+		{"workers", d.Workers < 1},
+		{"max_attempts", d.MaxAttempts < 1},
+		{"max_age", d.MaxAge <= 0},
+		{"backoff_base", d.BackoffBase <= 0},
+		{"backoff_max", d.BackoffMax < d.BackoffBase},
+		{"lease", d.Lease < time.Second},
+		{"poll_interval", d.PollInterval < 100*time.Millisecond},
+	} {
+		if f.bad {
+			v.errorf([]string{"dispatch", f.key}, "dispatch.%s: out of range", f.key)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.errorf([]string{"log", "level"}, "log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+}
+
+// nodeAt finds the value node at a key path, or the deepest one found.
+func nodeAt(root *yaml.Node, path []string) *yaml.Node {
+	n := docRoot(root)
+	for _, key := range path {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return n
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				next = n.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return n
+		}
+		n = next
+	}
+	return n
+}
+
+// keyNodeAt finds the key node of the last path element (to point at a
+// misspelled map key rather than at its value).
+func keyNodeAt(root *yaml.Node, path []string) *yaml.Node {
+	parent := nodeAt(root, path[:len(path)-1])
+	if parent != nil && parent.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(parent.Content); i += 2 {
+			if parent.Content[i].Value == path[len(path)-1] {
+				return parent.Content[i]
+			}
+		}
+	}
+	return parent
+}
+
+func docRoot(n *yaml.Node) *yaml.Node {
+	if n != nil && n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		return n.Content[0]
+	}
+	return n
+}
+
+// SourceSecrets are one source's credentials, read and checked.
+type SourceSecrets struct {
+	Bearer []byte
+	HMAC   []byte
+	Query  []byte
+	// NoAuth is set only by an explicit insecure_no_auth: true.
+	NoAuth bool
+}
+
+// minSecretLen keeps guessable tokens out: a webhook token is the only thing
+// between the internet and Defender's scan button.
+const minSecretLen = 16
+
+// Secrets reads every source's credentials from its files or the
+// environment. A listed source with none, and no insecure_no_auth, is an error.
+func (c *Config) Secrets(getenv func(string) string, readFile func(string) ([]byte, error)) (map[string]SourceSecrets, error) {
+	out := make(map[string]SourceSecrets, len(c.Sources))
+	var errs []error
+	for name, s := range c.Sources {
+		prefix := "SCANHOOK_" + strings.ToUpper(name) + "_"
+		var sec SourceSecrets
+		var err error
+		if sec.Bearer, err = secret(s.Auth.BearerTokenFile, prefix+"BEARER_TOKEN", getenv, readFile); err != nil {
+			errs = append(errs, fmt.Errorf("sources.%s.auth.bearer_token_file: %w", name, err))
+		}
+		if sec.HMAC, err = secret(s.Auth.HMACSecretFile, prefix+"HMAC_SECRET", getenv, readFile); err != nil {
+			errs = append(errs, fmt.Errorf("sources.%s.auth.hmac_secret_file: %w", name, err))
+		}
+		if sec.Query, err = secret(s.Auth.QueryTokenFile, prefix+"QUERY_TOKEN", getenv, readFile); err != nil {
+			errs = append(errs, fmt.Errorf("sources.%s.auth.query_token_file: %w", name, err))
+		}
+		sec.NoAuth = s.InsecureNoAuth
+		if !sec.NoAuth && sec.Bearer == nil && sec.HMAC == nil && sec.Query == nil {
+			errs = append(errs, fmt.Errorf("sources.%s: no credential configured: set auth.bearer_token_file, auth.hmac_secret_file or auth.query_token_file (or %sBEARER_TOKEN), or insecure_no_auth: true", name, prefix))
+		}
+		out[name] = sec
+	}
+	if len(errs) > 0 {
+		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// secret reads a secret from a file (trailing newline dropped) or an
+// environment variable. The error never contains the secret.
+func secret(file, env string, getenv func(string) string, readFile func(string) ([]byte, error)) ([]byte, error) {
+	var v []byte
+	switch {
+	case file != "":
+		b, err := readFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", file, cause(err))
+		}
+		v = []byte(strings.TrimRight(string(b), "\r\n"))
+	case getenv(env) != "":
+		v = []byte(getenv(env))
+	default:
+		return nil, nil
+	}
+	if len(v) < minSecretLen {
+		return nil, fmt.Errorf("secret is shorter than %d characters", minSecretLen)
+	}
+	return v, nil
+}
+
+// StoreDSN returns the database DSN, from dsn, dsn_file or SCANHOOK_STORE_DSN.
+func (c *Config) StoreDSN(getenv func(string) string, readFile func(string) ([]byte, error)) (string, error) {
+	if c.Store.DSNFile != "" {
+		b, err := readFile(c.Store.DSNFile)
+		if err != nil {
+			return "", fmt.Errorf("store.dsn_file: read %s: %w", c.Store.DSNFile, cause(err))
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if c.Store.DSN != "" {
+		return c.Store.DSN, nil
+	}
+	if v := getenv("SCANHOOK_STORE_DSN"); v != "" {
+		return v, nil
+	}
+	return "", errors.New("store: no DSN: set store.dsn, store.dsn_file or SCANHOOK_STORE_DSN")
+}
+
+// cause drops the op and path of an *fs.PathError, which the caller names.
+func cause(err error) error {
+	if inner := errors.Unwrap(err); inner != nil {
+		return inner
+	}
+	return err
+}
+
+// AlertOptions is what the decoders need from the sources' settings.
+func (c *Config) AlertOptions() alert.Options {
+	var o alert.Options
+	if s, ok := c.Sources["alertmanager"]; ok && s.Labels != nil {
+		o.Alertmanager = *s.Labels
+	}
+	if s, ok := c.Sources["generic"]; ok {
+		o.Generic = s.Mapping
+	}
+	return o
+}

@@ -1,0 +1,253 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const full = `listen: "127.0.0.1:9090"
+rules: rules.yaml
+store:
+  driver: sqlite
+  dsn: data/scanhook.db
+defender:
+  cloud: gcc-high
+  credential: client-secret
+  tenant_id: 00000000-0000-0000-0000-000000000001
+  client_id: 00000000-0000-0000-0000-000000000002
+  client_secret_file: secret.txt
+  rate_limit: {per_minute: 50}
+  dry_run: true
+sources:
+  sentinel:
+    auth:
+      bearer_token_file: /run/secrets/sentinel-token
+  splunk:
+    auth:
+      query_token_file: splunk-token
+  alertmanager:
+    insecure_no_auth: true
+server:
+  max_body_bytes: 2048
+dispatch:
+  max_age: 2d
+`
+
+func TestParseValid(t *testing.T) {
+	cfg, err := Parse("/etc/sh/config.yaml", []byte(full))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.Listen, "127.0.0.1:9090"},
+		{"rules relative to the config's folder", cfg.Rules, "/etc/sh/rules.yaml"},
+		{"sqlite dsn relative", cfg.Store.DSN, "/etc/sh/data/scanhook.db"},
+		{"secret file relative", cfg.Defender.ClientSecretFile, "/etc/sh/secret.txt"},
+		{"absolute path kept", cfg.Sources["sentinel"].Auth.BearerTokenFile, "/run/secrets/sentinel-token"},
+		{"query token relative", cfg.Sources["splunk"].Auth.QueryTokenFile, "/etc/sh/splunk-token"},
+		{"per_minute set", cfg.Defender.RateLimit.PerMinute, 50},
+		{"per_hour keeps its default", cfg.Defender.RateLimit.PerHour, 1500},
+		{"dry_run", cfg.Defender.DryRun, true},
+		{"insecure_no_auth", cfg.Sources["alertmanager"].InsecureNoAuth, true},
+		{"max body", cfg.Server.MaxBodyBytes, int64(2048)},
+		{"day durations", cfg.Dispatch.MaxAge, 48 * time.Hour},
+		{"defaults kept", cfg.Dispatch.Workers, 4},
+		{"read header timeout default", cfg.Server.ReadHeaderTimeout, 5 * time.Second},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseEmptyFileGivesDefaults(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(""))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if cfg.Store.Driver != "sqlite" || cfg.Listen != ":8080" {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string // each must appear, in order, one per line
+	}{
+		{
+			name: "unknown top-level key",
+			in:   "listen: \":1\"\nlisen: x\n",
+			want: []string{`c.yaml:2:1: `, `lisen`},
+		},
+		{
+			name: "bad driver points at the value",
+			in:   "store:\n  driver: mysql\n",
+			want: []string{`c.yaml:2:11: store.driver: "mysql" is not supported`},
+		},
+		{
+			name: "unknown source points at the key and suggests",
+			in:   "sources:\n  sentinal:\n    insecure_no_auth: true\n",
+			want: []string{`c.yaml:2:3: sources: unknown source "sentinal"`, `did you mean "sentinel"?`},
+		},
+		{
+			name: "unknown nested key",
+			in:   "sources:\n  sentinel:\n    auth:\n      bearer_token: abc\n",
+			want: []string{`c.yaml:4:7: `, `bearer_token`},
+		},
+		{
+			name: "wrong type",
+			in:   "server:\n  max_body_bytes: lots\n",
+			want: []string{`c.yaml:2:19: `},
+		},
+		{
+			name: "every problem reported",
+			in:   "store:\n  driver: mysql\nlog:\n  level: loud\n",
+			want: []string{`c.yaml:2:11: store.driver`, `c.yaml:4:10: log.level: "loud"`},
+		},
+		{
+			name: "contradictory auth",
+			in:   "sources:\n  elastic:\n    insecure_no_auth: true\n    auth: {bearer_token_file: /x}\n",
+			want: []string{`c.yaml:3:23: sources.elastic: insecure_no_auth with auth configured`},
+		},
+		{
+			name: "generic needs a mapping",
+			in:   "sources:\n  generic:\n    insecure_no_auth: true\n",
+			want: []string{`c.yaml:3:5: sources.generic: a mapping is required`},
+		},
+		{
+			name: "mapping only on generic",
+			in:   "sources:\n  splunk:\n    insecure_no_auth: true\n    mapping: {}\n",
+			want: []string{`sources.splunk.mapping: only the generic source takes a mapping`},
+		},
+		{
+			name: "yaml syntax",
+			in:   "listen: [\n",
+			want: []string{`c.yaml:`},
+		},
+		{
+			name: "bad cloud",
+			in:   "defender:\n  cloud: mars\n",
+			want: []string{`c.yaml:2:3: `, `mars`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tt.in))
+			if err == nil {
+				t.Fatal("Parse accepted a bad config")
+			}
+			msg := err.Error()
+			rest := msg
+			for _, w := range tt.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("error %q lacks %q", msg, w)
+				}
+				rest = rest[i+len(w):]
+			}
+		})
+	}
+}
+
+func TestSecrets(t *testing.T) {
+	files := map[string]string{
+		"/s/bearer": "0123456789abcdef-bearer\n",
+		"/s/short":  "short\n",
+	}
+	readFile := func(name string) ([]byte, error) {
+		if v, ok := files[name]; ok {
+			return []byte(v), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	env := map[string]string{"SCANHOOK_SPLUNK_QUERY_TOKEN": "query-token-from-environment"}
+	getenv := func(k string) string { return env[k] }
+
+	cfg := &Config{Sources: map[string]Source{
+		"sentinel":     {Auth: Auth{BearerTokenFile: "/s/bearer"}},
+		"splunk":       {},
+		"alertmanager": {InsecureNoAuth: true},
+	}}
+	got, err := cfg.Secrets(getenv, readFile)
+	if err != nil {
+		t.Fatalf("Secrets: %v", err)
+	}
+	if string(got["sentinel"].Bearer) != "0123456789abcdef-bearer" {
+		t.Errorf("bearer from file: got %q (trailing newline must go)", got["sentinel"].Bearer)
+	}
+	if string(got["splunk"].Query) != "query-token-from-environment" {
+		t.Errorf("query token from env: got %q", got["splunk"].Query)
+	}
+	if !got["alertmanager"].NoAuth {
+		t.Error("insecure_no_auth lost")
+	}
+
+	bad := &Config{Sources: map[string]Source{
+		"sentinel": {Auth: Auth{BearerTokenFile: "/s/short"}},
+		"elastic":  {},
+		"graph":    {Auth: Auth{HMACSecretFile: "/s/missing"}},
+	}}
+	_, err = bad.Secrets(getenv, readFile)
+	if err == nil {
+		t.Fatal("Secrets accepted a short token, a missing file and a source without auth")
+	}
+	for _, w := range []string{
+		"sources.elastic: no credential configured",
+		"sources.graph.auth.hmac_secret_file: read /s/missing: file does not exist",
+		"sources.sentinel.auth.bearer_token_file: secret is shorter than 16 characters",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "short\n") || strings.Contains(err.Error(), "query-token") {
+		t.Errorf("error leaks a secret: %q", err)
+	}
+}
+
+func TestStoreDSN(t *testing.T) {
+	readFile := func(name string) ([]byte, error) {
+		if name == "/s/dsn" {
+			return []byte("postgres://u:p@db/scanhook\n"), nil
+		}
+		return nil, errors.New("no such file")
+	}
+	tests := []struct {
+		name string
+		st   Store
+		env  string
+		want string
+		err  bool
+	}{
+		{"dsn", Store{Driver: "postgres", DSN: "postgres://db/x"}, "", "postgres://db/x", false},
+		{"dsn_file wins and is trimmed", Store{Driver: "postgres", DSNFile: "/s/dsn"}, "postgres://env", "postgres://u:p@db/scanhook", false},
+		{"environment", Store{Driver: "postgres"}, "postgres://env", "postgres://env", false},
+		{"none", Store{Driver: "postgres"}, "", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Config{Store: tt.st}
+			got, err := c.StoreDSN(func(string) string { return tt.env }, readFile)
+			if (err != nil) != tt.err || got != tt.want {
+				t.Fatalf("got %q, %v; want %q, error %v", got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "read config") {
+		t.Fatalf("got %v", err)
+	}
+}
