@@ -57,7 +57,7 @@ type MachineAction struct {
 	LastUpdateDateTimeUTC   time.Time       `json:"lastUpdateDateTimeUtc"`
 	CancellationRequestor   string          `json:"cancellationRequestor,omitempty"`
 	CancellationComment     string          `json:"cancellationComment,omitempty"`
-	CancellationDateTimeUTC time.Time       `json:"cancellationDateTimeUtc"`
+	CancellationDateTimeUTC time.Time       `json:"cancellationDateTimeUtc,omitzero"`
 	Title                   string          `json:"title,omitempty"`
 	Commands                json.RawMessage `json:"commands,omitempty"`
 	ErrorHResult            int64           `json:"errorHResult,omitempty"`
@@ -96,7 +96,7 @@ func (a *MachineAction) UnmarshalJSON(b []byte) error {
 		LastUpdateTimeUTC       utcTime         `json:"lastUpdateTimeUtc"`
 		CancellationRequestor   *string         `json:"cancellationRequestor"`
 		CancellationComment     *string         `json:"cancellationComment"`
-		CancellationDateTimeUTC utcTime         `json:"cancellationDateTimeUtc"`
+		CancellationDateTimeUTC utcTime         `json:"cancellationDateTimeUtc,omitzero"`
 		Title                   *string         `json:"title"`
 		Commands                json.RawMessage `json:"commands"`
 		ErrorHResult            *int64          `json:"errorHResult"`
@@ -138,8 +138,8 @@ func (a *MachineAction) UnmarshalJSON(b []byte) error {
 type Machine struct {
 	ID               string    `json:"id"`
 	ComputerDNSName  string    `json:"computerDnsName"`
-	FirstSeen        time.Time `json:"firstSeen"`
-	LastSeen         time.Time `json:"lastSeen"`
+	FirstSeen        time.Time `json:"firstSeen,omitzero"`
+	LastSeen         time.Time `json:"lastSeen,omitzero"`
 	OSPlatform       string    `json:"osPlatform,omitempty"`
 	OSVersion        string    `json:"osVersion,omitempty"`
 	Version          string    `json:"version,omitempty"`
@@ -160,8 +160,8 @@ func (m *Machine) UnmarshalJSON(b []byte) error {
 	var w struct {
 		ID               *string   `json:"id"`
 		ComputerDNSName  *string   `json:"computerDnsName"`
-		FirstSeen        utcTime   `json:"firstSeen"`
-		LastSeen         utcTime   `json:"lastSeen"`
+		FirstSeen        utcTime   `json:"firstSeen,omitzero"`
+		LastSeen         utcTime   `json:"lastSeen,omitzero"`
 		OSPlatform       *string   `json:"osPlatform"`
 		OSVersion        *string   `json:"osVersion"`
 		Version          *string   `json:"version"`
