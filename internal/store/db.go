@@ -1,0 +1,637 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+)
+
+//go:embed migrations
+var migrationsFS embed.FS
+
+// migrationLockKey is the first half of the two-key advisory lock that
+// serializes migrations on PostgreSQL; the second half is the schema's hash,
+// so stores in different schemas of one database do not wait on each other.
+const migrationLockKey = 0x5ca4
+
+// sqlStore implements Store over database/sql for both dialects.
+type sqlStore struct {
+	pg     bool
+	log    *slog.Logger
+	now    func() time.Time
+	db     *sql.DB // PostgreSQL: everything. SQLite: reads.
+	wdb    *sql.DB // SQLite only: the single write connection.
+	writer *writer // SQLite only.
+	once   sync.Once
+}
+
+// Open opens (creating if needed) the store and applies pending
+// migrations. driver is "sqlite" (dsn: a file path or a "file:" URI) or
+// "postgres" (dsn: a pgx connection string).
+func Open(ctx context.Context, driver, dsn string, deps Deps) (Store, error) {
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &sqlStore{log: deps.Logger, now: deps.Now}
+	switch driver {
+	case "sqlite":
+		if err := s.openSQLite(ctx, dsn); err != nil {
+			return nil, err
+		}
+	case "postgres":
+		s.pg = true
+		if err := s.openPostgres(ctx, dsn); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("store driver %q: want sqlite or postgres", driver)
+	}
+	return s, nil
+}
+
+func sqliteDSN(dsn string, write bool) (string, error) {
+	if dsn == "" {
+		return "", errors.New("store dsn: empty SQLite file path")
+	}
+	if strings.Contains(dsn, ":memory:") || strings.Contains(dsn, "mode=memory") {
+		// The reader and writer pools must see the same database.
+		return "", errors.New("store dsn: in-memory SQLite is not supported, give a file path")
+	}
+	if !strings.HasPrefix(dsn, "file:") {
+		dsn = "file:" + dsn
+	}
+	q := url.Values{}
+	// WAL: readers never block the writer. synchronous=FULL: every commit
+	// is fsynced, so an acknowledged alert survives not only a SIGKILL
+	// (NORMAL would be enough for that) but a power cut or kernel panic
+	// too; group commit makes one fsync cover a whole batch, which is what
+	// keeps FULL affordable.
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	// Group commit runs every call in a SAVEPOINT; keep the statement
+	// sub-journals in memory instead of temp files (they are never needed
+	// after a crash: the WAL is the durable record).
+	q.Add("_pragma", "temp_store(MEMORY)")
+	if write {
+		// Take the write lock at BEGIN, so a second process on the same
+		// file waits in busy_timeout instead of failing at the first write.
+		q.Set("_txlock", "immediate")
+	} else {
+		q.Add("_pragma", "query_only(1)")
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + q.Encode(), nil
+}
+
+func (s *sqlStore) openSQLite(ctx context.Context, dsn string) error {
+	wdsn, err := sqliteDSN(dsn, true)
+	if err != nil {
+		return err
+	}
+	rdsn, _ := sqliteDSN(dsn, false)
+	wdb, err := sql.Open("sqlite", wdsn)
+	if err != nil {
+		return fmt.Errorf("open sqlite %q: %w", dsn, err)
+	}
+	// The writer goroutine runs one transaction at a time, so one
+	// connection does the writing. The second only lets the statement
+	// cache prepare a new statement (database/sql prepares DB-level
+	// statements on a free connection) while the writer's transaction
+	// holds the first; the transaction then prepares it on its own
+	// connection once and reuses it from there on.
+	wdb.SetMaxOpenConns(2)
+	wdb.SetMaxIdleConns(2)
+	wdb.SetConnMaxIdleTime(0)
+	wdb.SetConnMaxLifetime(0)
+	if err := migrate(ctx, wdb, false); err != nil {
+		wdb.Close()
+		return fmt.Errorf("migrate sqlite %q: %w", dsn, err)
+	}
+	rdb, err := sql.Open("sqlite", rdsn)
+	if err != nil {
+		wdb.Close()
+		return fmt.Errorf("open sqlite %q: %w", dsn, err)
+	}
+	rdb.SetMaxOpenConns(4)
+	rdb.SetMaxIdleConns(4)
+	if err := rdb.PingContext(ctx); err != nil {
+		wdb.Close()
+		rdb.Close()
+		return fmt.Errorf("open sqlite %q: %w", dsn, err)
+	}
+	s.db, s.wdb = rdb, wdb
+	s.writer = newWriter(wdb, s.log)
+	return nil
+}
+
+func (s *sqlStore) openPostgres(ctx context.Context, dsn string) error {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(20)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return fmt.Errorf("open postgres: %w", err)
+	}
+	if err := migrate(ctx, db, true); err != nil {
+		db.Close()
+		return fmt.Errorf("migrate postgres: %w", err)
+	}
+	s.db = db
+	return nil
+}
+
+// migrate applies the embedded migrations that schema_migrations does not
+// list yet, each in its own transaction. On PostgreSQL it holds an advisory
+// lock for the whole run, so replicas starting together apply each file once.
+func migrate(ctx context.Context, db *sql.DB, pg bool) error {
+	dir := "migrations/sqlite"
+	if pg {
+		dir = "migrations/postgres"
+	}
+	entries, err := fs.ReadDir(migrationsFS, dir)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".sql") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if pg {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema()))`, migrationLockKey); err != nil {
+			return fmt.Errorf("advisory lock: %w", err)
+		}
+		defer func() {
+			// A fresh context: the lock must go even if ctx is done, or
+			// the pooled session would keep it.
+			uctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := conn.ExecContext(uctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`, migrationLockKey); err != nil {
+				// Discard the session: that releases the lock.
+				_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+		}()
+	}
+	// One transaction for the whole run: DDL is transactional in both
+	// dialects, and on SQLite the writer DSN makes it BEGIN IMMEDIATE, which
+	// serializes processes opening the same file at once.
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	c := q{x: tx, pg: pg}
+	if _, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	applied := map[string]bool{}
+	rows, err := c.query(ctx, `SELECT version FROM schema_migrations`)
+	if err != nil {
+		return fmt.Errorf("read schema_migrations: %w", err)
+	}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return err
+		}
+		applied[v] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, name := range names {
+		version := strings.TrimSuffix(name, ".sql")
+		if applied[version] {
+			continue
+		}
+		body, err := migrationsFS.ReadFile(path.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if _, err := c.exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("apply %s: %w", name, err)
+		}
+		if _, err := c.exec(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, time.Now().UnixMicro()); err != nil {
+			return fmt.Errorf("record %s: %w", name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit migrations: %w", err)
+	}
+	return nil
+}
+
+// rebind turns the ? placeholders every query is written with into
+// PostgreSQL's $1, $2… (no query has a ? inside a string literal).
+func rebind(q string) string {
+	if !strings.Contains(q, "?") {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 8)
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String()
+}
+
+// querier is what *sql.DB, *sql.Conn and *sql.Tx share.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// q runs queries written with ? placeholders on either dialect.
+type q struct {
+	x  querier
+	pg bool
+	// SQLite writer only: the write connection's prepared statements.
+	// Parsing is a third of an ingest's CPU otherwise; pgx already caches
+	// prepared statements per connection on its own.
+	stmts *stmtCache
+	tx    *sql.Tx
+}
+
+// stmtCache holds statements prepared on SQLite's single write
+// connection, so that every transaction on it reuses them.
+type stmtCache struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+// maxCachedStmts bounds the cache; the statement texts are fixed except a
+// few with a placeholder list that varies with a batch size.
+const maxCachedStmts = 200
+
+func (c *stmtCache) stmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[query]; ok {
+		return tx.StmtContext(ctx, st), true, nil
+	}
+	if len(c.m) >= maxCachedStmts {
+		st, err := tx.PrepareContext(ctx, query)
+		return st, false, err
+	}
+	st, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, false, err
+	}
+	c.m[query] = st
+	return tx.StmtContext(ctx, st), true, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
+func (c q) sql(query string) string {
+	if c.pg {
+		return rebind(query)
+	}
+	return query
+}
+
+func (c q) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if c.stmts != nil {
+		st, _, err := c.stmts.stmt(ctx, c.tx, query)
+		if err != nil {
+			return nil, err
+		}
+		// A Stmt from Tx.StmtContext is closed with the transaction.
+		return st.ExecContext(ctx, args...)
+	}
+	return c.x.ExecContext(ctx, c.sql(query), args...)
+}
+
+func (c q) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if c.stmts != nil {
+		st, _, err := c.stmts.stmt(ctx, c.tx, query)
+		if err != nil {
+			return nil, err
+		}
+		return st.QueryContext(ctx, args...)
+	}
+	return c.x.QueryContext(ctx, c.sql(query), args...)
+}
+
+func (c q) row(ctx context.Context, query string, args ...any) *sql.Row {
+	if c.stmts != nil {
+		st, _, err := c.stmts.stmt(ctx, c.tx, query)
+		if err == nil {
+			return st.QueryRowContext(ctx, args...)
+		}
+		// Let the error surface from Scan, as database/sql does.
+	}
+	return c.x.QueryRowContext(ctx, c.sql(query), args...)
+}
+
+// forUpdate is the row lock clause; SQLite needs none, its single writer
+// already serializes every write transaction.
+func (c q) forUpdate() string {
+	if c.pg {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
+// reader returns a querier for read-only statements.
+func (s *sqlStore) reader() q { return q{x: s.db, pg: s.pg} }
+
+// write runs fn in a write transaction and returns once it is committed
+// (or failed). On SQLite fn joins the group-commit writer; on PostgreSQL it
+// gets its own READ COMMITTED transaction, retried on deadlock or
+// serialization failure. fn may run more than once, so it must not keep
+// state across runs except what it resets at its start.
+func (s *sqlStore) write(ctx context.Context, fn func(ctx context.Context, tx q) error) error {
+	if s.writer != nil {
+		return s.writer.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			return fn(ctx, q{x: tx, tx: tx, stmts: s.writer.stmts})
+		})
+	}
+	const maxTries = 8
+	for try := 1; ; try++ {
+		err := s.pgTx(ctx, fn)
+		if err == nil || try == maxTries || !retryable(err) {
+			return err
+		}
+		s.log.Debug("store: retrying transaction", "try", try, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(try*try) * time.Millisecond):
+		}
+	}
+}
+
+func (s *sqlStore) pgTx(ctx context.Context, fn func(ctx context.Context, tx q) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(ctx, q{x: tx, pg: true}); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// retryable: PostgreSQL deadlock_detected or serialization_failure; the
+// transaction was rolled back and can be run again.
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "40P01" || pe.Code == "40001"
+	}
+	return false
+}
+
+func (s *sqlStore) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping store: %w", err)
+	}
+	if s.wdb != nil {
+		if err := s.wdb.PingContext(ctx); err != nil {
+			return fmt.Errorf("ping store writer: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *sqlStore) Close() error {
+	var err error
+	s.once.Do(func() {
+		if s.writer != nil {
+			s.writer.close()
+			err = errors.Join(err, s.wdb.Close())
+		}
+		err = errors.Join(err, s.db.Close())
+	})
+	return err
+}
+
+// writer is SQLite's single writer with group commit: concurrent write
+// calls queue up while a commit is being fsynced, and the next transaction
+// takes them all, each inside its own SAVEPOINT so that one failing call is
+// rolled back alone. Every caller returns only after the transaction holding
+// its work has committed.
+type writer struct {
+	db      *sql.DB
+	stmts   *stmtCache
+	log     *slog.Logger
+	reqs    chan *writeReq
+	closing chan struct{}
+	exited  chan struct{}
+	once    sync.Once
+}
+
+type writeReq struct {
+	ctx  context.Context
+	fn   func(ctx context.Context, tx *sql.Tx) error
+	done chan error // buffered 1
+}
+
+// maxBatch bounds a group commit, so one transaction stays short even
+// under a storm.
+const maxBatch = 256
+
+func newWriter(db *sql.DB, log *slog.Logger) *writer {
+	w := &writer{
+		db:      db,
+		stmts:   &stmtCache{db: db, m: map[string]*sql.Stmt{}},
+		log:     log,
+		reqs:    make(chan *writeReq, 4*maxBatch),
+		closing: make(chan struct{}),
+		exited:  make(chan struct{}),
+	}
+	go w.loop()
+	return w
+}
+
+func (w *writer) do(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	select {
+	case w.reqs <- r:
+	case <-w.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued the work may commit, so wait for the verdict even if ctx
+	// ends: answering "failed" for committed work would only cause a
+	// redelivery, but there is no reason to.
+	select {
+	case err := <-r.done:
+		return err
+	case <-w.exited:
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+func (w *writer) close() {
+	w.once.Do(func() { close(w.closing) })
+	<-w.exited
+	w.stmts.close()
+}
+
+func (w *writer) loop() {
+	defer close(w.exited)
+	batch := make([]*writeReq, 0, maxBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case r := <-w.reqs:
+			batch = append(batch, r)
+		case <-w.closing:
+			w.drain()
+			return
+		}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case r := <-w.reqs:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		w.run(batch)
+	}
+}
+
+// drain fails what is still queued at close.
+func (w *writer) drain() {
+	for {
+		select {
+		case r := <-w.reqs:
+			r.done <- ErrClosed
+		default:
+			return
+		}
+	}
+}
+
+func (w *writer) run(batch []*writeReq) {
+	// The transaction must not die with one caller's context.
+	ctx := context.Background()
+	fail := func(rs []*writeReq, err error) {
+		for _, r := range rs {
+			r.done <- err
+		}
+	}
+	tx, err := w.db.BeginTx(ctx, nil)
+	if err != nil {
+		fail(batch, fmt.Errorf("begin: %w", err))
+		return
+	}
+	ok := make([]*writeReq, 0, len(batch))
+	for i, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- err
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+			tx.Rollback()
+			fail(ok, fmt.Errorf("savepoint: %w", err))
+			fail(batch[i:], fmt.Errorf("savepoint: %w", err))
+			return
+		}
+		// Without cancellation: a statement interrupted mid-transaction
+		// can make SQLite roll back the whole transaction, sinking the
+		// other callers' work with it.
+		if ferr := r.fn(context.WithoutCancel(r.ctx), tx); ferr != nil {
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO w; RELEASE w"); err != nil {
+				// The transaction is unusable: nothing of this batch commits.
+				tx.Rollback()
+				err = fmt.Errorf("rollback to savepoint after %v: %w", ferr, err)
+				fail(ok, err)
+				r.done <- ferr
+				fail(batch[i+1:], err)
+				return
+			}
+			r.done <- ferr
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+			tx.Rollback()
+			err = fmt.Errorf("release savepoint: %w", err)
+			fail(ok, err)
+			fail(batch[i:], err)
+			return
+		}
+		ok = append(ok, r)
+	}
+	if len(ok) == 0 {
+		tx.Rollback()
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		w.log.Error("store: group commit failed", "calls", len(ok), "err", err)
+		fail(ok, fmt.Errorf("commit: %w", err))
+		return
+	}
+	fail(ok, nil)
+}

@@ -1,0 +1,461 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// claimable is the SQL list of states ClaimJobs considers (with due_at,
+// which is the next attempt time for queued/retry and the lease end for
+// leased/calling).
+const claimable = `('queued', 'retry', 'leased', 'calling')`
+
+func (s *sqlStore) ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]Job, error) {
+	if owner == "" {
+		return nil, errors.New("claim jobs: empty owner")
+	}
+	if lease <= 0 {
+		return nil, fmt.Errorf("claim jobs: lease %s must be positive", lease)
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	var jobs []Job
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		jobs = nil
+		now := s.now()
+		lock := ""
+		if tx.pg {
+			// Claimers on other replicas skip rows we hold instead of
+			// waiting for them, and never see them as free.
+			lock = " FOR UPDATE SKIP LOCKED"
+		}
+		rows, err := tx.query(ctx, `SELECT id, state, lease_owner, attempts FROM jobs
+			WHERE state IN `+claimable+` AND due_at <= ? ORDER BY due_at, id LIMIT ?`+lock, now.UnixMicro(), limit)
+		if err != nil {
+			return fmt.Errorf("select due jobs: %w", err)
+		}
+		type due struct {
+			id       int64
+			state    string
+			owner    sql.NullString
+			attempts int
+		}
+		var dues []due
+		for rows.Next() {
+			var d due
+			if err := rows.Scan(&d.id, &d.state, &d.owner, &d.attempts); err != nil {
+				rows.Close()
+				return err
+			}
+			dues = append(dues, d)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(dues) == 0 {
+			return nil
+		}
+		ids := make([]any, 0, len(dues))
+		for _, d := range dues {
+			ids = append(ids, d.id)
+			if d.state == JobLeased || d.state == JobCalling {
+				msg := "lease expired while leased"
+				if d.state == JobCalling {
+					msg = "lease expired while calling Defender"
+				}
+				if _, err := tx.exec(ctx, `INSERT INTO job_attempts (job_id, attempt, at, owner, outcome, error) VALUES (?, ?, ?, ?, ?, ?)`,
+					d.id, d.attempts, now.UnixMicro(), d.owner.String, "lease_expired", msg); err != nil {
+					return fmt.Errorf("record expired lease of job %d: %w", d.id, err)
+				}
+			}
+		}
+		until := now.Add(lease).UnixMicro()
+		args := append([]any{JobLeased, owner, until, until, now.UnixMicro()}, ids...)
+		rows, err = tx.query(ctx, `UPDATE jobs SET state = ?, lease_owner = ?, lease_until = ?, due_at = ?, attempts = attempts + 1, updated_at = ?
+			WHERE id IN (`+placeholders(len(ids))+`) RETURNING `+jobColumns, args...)
+		if err != nil {
+			return fmt.Errorf("lease jobs: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			j, err := scanJob(rows)
+			if err != nil {
+				return err
+			}
+			jobs = append(jobs, j)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim jobs for %s: %w", owner, err)
+	}
+	// RETURNING gives no order; hand them out oldest first.
+	slices.SortFunc(jobs, func(a, b Job) int { return cmp.Compare(a.ID, b.ID) })
+	return jobs, nil
+}
+
+const jobColumns = `id, alert_id, source, device_id, device_dns, device_aad, scan, comment, attempts, state, created_at,
+	last_error, machine_id, calling, lease_until`
+
+func scanJob(r interface{ Scan(...any) error }) (Job, error) {
+	var (
+		j          Job
+		created    int64
+		calling    int
+		leaseUntil sql.NullInt64
+	)
+	if err := r.Scan(&j.ID, &j.AlertID, &j.Source, &j.Device.ID, &j.Device.DNSName, &j.Device.AADDeviceID, &j.Scan, &j.Comment,
+		&j.Attempts, &j.State, &created, &j.LastError, &j.MachineID, &calling, &leaseUntil); err != nil {
+		return j, err
+	}
+	j.CreatedAt = fromMicro(created)
+	j.Calling = calling == 1
+	if leaseUntil.Valid {
+		j.LeaseUntil = fromMicro(leaseUntil.Int64)
+	}
+	return j, nil
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+func fromMicro(us int64) time.Time {
+	if us == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(us).UTC()
+}
+
+// leaseErr tells a job that does not exist from one the owner lost.
+func leaseErr(ctx context.Context, tx q, jobID int64) error {
+	var id int64
+	err := tx.row(ctx, `SELECT id FROM jobs WHERE id = ?`, jobID).Scan(&id)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return ErrNotFound
+	case err != nil:
+		return err
+	}
+	return ErrLeaseLost
+}
+
+func (s *sqlStore) MarkCalling(ctx context.Context, jobID int64, owner string) error {
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		now := s.now().UnixMicro()
+		// The lease must still be running: once it has expired another
+		// owner may claim the job, and two calls must never be in flight.
+		r, err := tx.exec(ctx, `UPDATE jobs SET state = ?, calling = 1, updated_at = ?
+			WHERE id = ? AND lease_owner = ? AND state IN (?, ?) AND lease_until > ?`,
+			JobCalling, now, jobID, owner, JobLeased, JobCalling, now)
+		if err != nil {
+			return err
+		}
+		if n, err := r.RowsAffected(); err != nil || n == 0 {
+			if err != nil {
+				return err
+			}
+			return leaseErr(ctx, tx, jobID)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark job %d calling for %s: %w", jobID, owner, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
+	if err := validateResult(r); err != nil {
+		return fmt.Errorf("complete job %d: %w", r.JobID, err)
+	}
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		now := s.now()
+		var (
+			key, scan, state string
+			leaseOwner       sql.NullString
+			attempts         int
+		)
+		err := tx.row(ctx, `SELECT device_key, scan, state, lease_owner, attempts FROM jobs WHERE id = ?`, r.JobID).
+			Scan(&key, &scan, &state, &leaseOwner, &attempts)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("read job: %w", err)
+		}
+		if leaseOwner.String != r.Owner || (state != JobLeased && state != JobCalling) {
+			return ErrLeaseLost
+		}
+		requested := r.Outcome == OutcomeSubmitted || r.Outcome == OutcomeAlreadyScanning
+		var keys []string
+		if requested {
+			// The cooldown clock runs for the key the job was decided
+			// under and for the machine id it resolved to, so a later
+			// alert naming the machine by id is held back too.
+			keys = append(keys, key)
+			if r.MachineID != "" {
+				keys = append(keys, "id:"+r.MachineID)
+			}
+			slices.Sort(keys)
+			keys = slices.Compact(keys)
+			// Device rows before the job row: the order Ingest takes them in.
+			for _, k := range keys {
+				if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?) ON CONFLICT (key) DO NOTHING`, k); err != nil {
+					return fmt.Errorf("add device %q: %w", k, err)
+				}
+				if tx.pg {
+					var got string
+					if err := tx.row(ctx, `SELECT key FROM devices WHERE key = ?`+tx.forUpdate(), k).Scan(&got); err != nil {
+						return fmt.Errorf("lock device %q: %w", k, err)
+					}
+				}
+			}
+		}
+
+		nowUS := now.UnixMicro()
+		var (
+			newState, lastErr, attemptErr string
+			open                          = 0
+			dueAt                         = nowUS
+			actionID                      any
+		)
+		switch r.Outcome {
+		case OutcomeSubmitted:
+			newState, open, actionID = JobSubmitted, 1, r.ActionID
+			attemptErr = ""
+		case OutcomeAlreadyScanning:
+			newState, lastErr, attemptErr = JobAlreadyScanning, clean(r.Reason), clean(r.Reason)
+			if r.ActionID != "" {
+				open, actionID = 1, r.ActionID
+			}
+		case OutcomeRetry:
+			newState, open, lastErr, attemptErr = JobRetry, 1, clean(r.Err), clean(r.Err)
+			if !r.RetryAt.IsZero() {
+				dueAt = r.RetryAt.UnixMicro()
+			}
+		case OutcomeDead:
+			newState, lastErr, attemptErr = JobDead, clean(r.Err), clean(r.Err)
+		}
+		if actionID != nil {
+			status := r.ActionStatus
+			if status == "" {
+				status = ActionPending
+			}
+			// Another job may already track this action (Defender said a
+			// scan was pending, and it was ours); keep the first record.
+			if _, err := tx.exec(ctx, `INSERT INTO actions (id, job_id, machine_id, status, final, created_at, updated_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+				r.ActionID, r.JobID, r.MachineID, status, boolInt(FinalActionStatus(status)), nowUS, nowUS); err != nil {
+				return fmt.Errorf("add action %q: %w", r.ActionID, err)
+			}
+			var final int
+			if err := tx.row(ctx, `SELECT final FROM actions WHERE id = ?`, r.ActionID).Scan(&final); err != nil {
+				return fmt.Errorf("read action %q: %w", r.ActionID, err)
+			}
+			if final == 1 {
+				open = 0
+			}
+		}
+		res, err := tx.exec(ctx, `UPDATE jobs SET state = ?, open = ?, due_at = ?, lease_owner = NULL, lease_until = NULL,
+				machine_id = CASE WHEN ? = '' THEN machine_id ELSE ? END, action_id = COALESCE(?, action_id), last_error = ?, updated_at = ?
+			WHERE id = ? AND lease_owner = ? AND state IN (?, ?)`,
+			newState, open, dueAt, r.MachineID, r.MachineID, actionID, lastErr, nowUS,
+			r.JobID, r.Owner, JobLeased, JobCalling)
+		if err != nil {
+			return fmt.Errorf("update job: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if err != nil {
+				return err
+			}
+			return ErrLeaseLost
+		}
+		if r.Outcome == OutcomeSubmitted {
+			attemptErr = "action " + r.ActionID + " " + r.ActionStatus
+		}
+		if _, err := tx.exec(ctx, `INSERT INTO job_attempts (job_id, attempt, at, owner, outcome, error) VALUES (?, ?, ?, ?, ?, ?)`,
+			r.JobID, attempts, nowUS, r.Owner, string(r.Outcome), attemptErr); err != nil {
+			return fmt.Errorf("record attempt: %w", err)
+		}
+		if requested {
+			col := "quick"
+			if scan == ScanFull {
+				col = "full"
+			}
+			for _, k := range keys {
+				if _, err := tx.exec(ctx, `UPDATE devices SET last_`+col+`_at = ?, last_`+col+`_job = ? WHERE key = ?`, nowUS, r.JobID, k); err != nil {
+					return fmt.Errorf("record scan request on device %q: %w", k, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("complete job %d (%s) for %s: %w", r.JobID, r.Outcome, r.Owner, err)
+	}
+	return nil
+}
+
+func validateResult(r JobResult) error {
+	if r.Owner == "" {
+		return errors.New("owner: empty")
+	}
+	switch r.Outcome {
+	case OutcomeSubmitted:
+		if r.ActionID == "" {
+			return errors.New("action_id: empty for a submitted job")
+		}
+		if r.MachineID == "" {
+			return errors.New("machine_id: empty for a submitted job")
+		}
+	case OutcomeAlreadyScanning, OutcomeRetry, OutcomeDead:
+	default:
+		return fmt.Errorf("outcome: %q is not submitted, already_scanning, retry or dead", r.Outcome)
+	}
+	return nil
+}
+
+func (s *sqlStore) ReleaseJobs(ctx context.Context, owner string) error {
+	if owner == "" {
+		return errors.New("release jobs: empty owner")
+	}
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		now := s.now().UnixMicro()
+		// A lease given back before any call does not count as an attempt;
+		// one given back while calling did, and goes back as a retry.
+		_, err := tx.exec(ctx, `UPDATE jobs SET
+				state = CASE WHEN state = ? OR attempts > 1 THEN ? ELSE ? END,
+				attempts = CASE WHEN state = ? THEN attempts ELSE attempts - 1 END,
+				due_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?
+			WHERE lease_owner = ? AND state IN (?, ?)`,
+			JobCalling, JobRetry, JobQueued, JobCalling, now, now, owner, JobLeased, JobCalling)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("release jobs of %s: %w", owner, err)
+	}
+	return nil
+}
+
+func (s *sqlStore) OpenActions(ctx context.Context, limit int) ([]Action, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := s.reader().query(ctx, `SELECT `+actionColumns+` FROM actions WHERE final = 0
+		ORDER BY last_polled_at, created_at, id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("open actions: %w", err)
+	}
+	defer rows.Close()
+	var out []Action
+	for rows.Next() {
+		a, err := scanAction(rows)
+		if err != nil {
+			return nil, fmt.Errorf("open actions: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("open actions: %w", err)
+	}
+	return out, nil
+}
+
+const actionColumns = `id, job_id, machine_id, status, created_at, updated_at, last_polled_at`
+
+func scanAction(r interface{ Scan(...any) error }) (Action, error) {
+	var (
+		a                        Action
+		created, updated, polled int64
+	)
+	if err := r.Scan(&a.ID, &a.JobID, &a.MachineID, &a.Status, &created, &updated, &polled); err != nil {
+		return a, err
+	}
+	a.CreatedAt, a.UpdatedAt, a.LastPolledAt = fromMicro(created), fromMicro(updated), fromMicro(polled)
+	return a, nil
+}
+
+func (s *sqlStore) UpdateActions(ctx context.Context, updates []ActionUpdate) error {
+	for i, u := range updates {
+		if u.ID == "" {
+			return fmt.Errorf("update actions: updates[%d].id: empty", i)
+		}
+		if u.Status == "" {
+			return fmt.Errorf("update actions: updates[%d].status: empty", i)
+		}
+	}
+	if len(updates) == 0 {
+		return nil
+	}
+	// Rows locked in id order, whoever polls.
+	sorted := slices.Clone(updates)
+	slices.SortStableFunc(sorted, func(a, b ActionUpdate) int { return strings.Compare(a.ID, b.ID) })
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		now := s.now().UnixMicro()
+		for _, u := range sorted {
+			final := FinalActionStatus(u.Status)
+			// A final status is never moved back.
+			if _, err := tx.exec(ctx, `UPDATE actions SET
+					updated_at = CASE WHEN status = ? THEN updated_at ELSE ? END,
+					status = ?, final = ?, last_polled_at = ?
+				WHERE id = ? AND final = 0`,
+				u.Status, now, u.Status, boolInt(final), now, u.ID); err != nil {
+				return fmt.Errorf("update action %q: %w", u.ID, err)
+			}
+			if final {
+				if _, err := tx.exec(ctx, `UPDATE jobs SET open = 0, updated_at = ? WHERE action_id = ? AND open = 1`, now, u.ID); err != nil {
+					return fmt.Errorf("close jobs of action %q: %w", u.ID, err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update actions: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) Stats(ctx context.Context) (Stats, error) {
+	st := Stats{JobsByState: map[string]int64{}}
+	rd := s.reader()
+	rows, err := rd.query(ctx, `SELECT state, COUNT(*) FROM jobs GROUP BY state`)
+	if err != nil {
+		return st, fmt.Errorf("stats: jobs by state: %w", err)
+	}
+	for rows.Next() {
+		var state string
+		var n int64
+		if err := rows.Scan(&state, &n); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("stats: jobs by state: %w", err)
+		}
+		st.JobsByState[state] = n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return st, fmt.Errorf("stats: jobs by state: %w", err)
+	}
+	now := s.now()
+	var oldest sql.NullInt64
+	if err := rd.row(ctx, `SELECT COUNT(*), MIN(due_at) FROM jobs WHERE state IN `+claimable+` AND due_at <= ?`, now.UnixMicro()).
+		Scan(&st.QueueDepth, &oldest); err != nil {
+		return st, fmt.Errorf("stats: queue depth: %w", err)
+	}
+	if oldest.Valid {
+		st.OldestDue = now.Sub(time.UnixMicro(oldest.Int64))
+	}
+	if err := rd.row(ctx, `SELECT COUNT(*) FROM actions WHERE final = 0`).Scan(&st.OpenActions); err != nil {
+		return st, fmt.Errorf("stats: open actions: %w", err)
+	}
+	return st, nil
+}

@@ -1,0 +1,485 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestLeaseExpiryAndFencing(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		jobID := one(t, mustIngest(t, s, delivery(alertIn("l1", quick(dev(machine(1), "")))))).JobID
+
+		got, err := s.ClaimJobs(ctx, "A", 10, time.Minute)
+		if err != nil || len(got) != 1 || got[0].ID != jobID {
+			t.Fatalf("A claim = %+v, %v", got, err)
+		}
+		if again := claimAll(t, s, "B"); len(again) != 0 {
+			t.Fatalf("B claimed a leased job: %+v", again)
+		}
+		if err := s.MarkCalling(ctx, jobID, "B"); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("MarkCalling by a non-owner = %v, want ErrLeaseLost", err)
+		}
+		if err := s.MarkCalling(ctx, jobID, "A"); err != nil {
+			t.Fatalf("MarkCalling: %v", err)
+		}
+
+		b.clock.Advance(2 * time.Minute) // A's lease expires mid-call
+		if err := s.MarkCalling(ctx, jobID, "A"); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("MarkCalling on an expired lease = %v, want ErrLeaseLost", err)
+		}
+		got, err = s.ClaimJobs(ctx, "B", 10, time.Minute)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("B reclaim = %+v, %v", got, err)
+		}
+		if j := got[0]; j.ID != jobID || j.Attempts != 2 || !j.Calling || j.State != JobLeased || !j.LeaseUntil.Equal(b.clock.Now().Add(time.Minute)) {
+			t.Errorf("reclaimed job = %+v, want attempt 2 with Calling set", j)
+		}
+		// A comes back from its slow call: fenced off.
+		err = s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-A", ActionStatus: ActionPending})
+		if !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("CompleteJob by the old owner = %v, want ErrLeaseLost", err)
+		}
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "B", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-B", ActionStatus: ActionPending}); err != nil {
+			t.Fatalf("CompleteJob by the new owner: %v", err)
+		}
+		// Finished: nobody holds it any more, and it is not claimable.
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "B", Outcome: OutcomeDead, Err: "again"}); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("second CompleteJob = %v, want ErrLeaseLost", err)
+		}
+		b.clock.Advance(time.Hour)
+		if again := claimAll(t, s, "C"); len(again) != 0 {
+			t.Errorf("a submitted job was claimed again: %+v", again)
+		}
+		if err := s.CompleteJob(ctx, JobResult{JobID: 999999, Owner: "B", Outcome: OutcomeDead}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("CompleteJob of an unknown job = %v, want ErrNotFound", err)
+		}
+		if err := s.MarkCalling(ctx, 999999, "B"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("MarkCalling of an unknown job = %v, want ErrNotFound", err)
+		}
+		open, err := s.OpenActions(ctx, 10)
+		if err != nil || len(open) != 1 || open[0].ID != "act-B" {
+			t.Errorf("open actions = %+v, %v; want only act-B", open, err)
+		}
+		det, err := s.Receipt(ctx, ReceiptID("sentinel", []string{"l1"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hist := det.Jobs[0].History
+		if len(hist) != 2 || hist[0].Outcome != "lease_expired" || hist[0].Owner != "A" || hist[1].Outcome != "submitted" || hist[1].Owner != "B" {
+			t.Errorf("history = %+v", hist)
+		}
+	})
+}
+
+func TestCompleteJobValidation(t *testing.T) {
+	s := sqliteBackend(t).open(t)
+	for _, r := range []JobResult{
+		{JobID: 1, Outcome: OutcomeDead},
+		{JobID: 1, Owner: "a", Outcome: "exploded"},
+		{JobID: 1, Owner: "a", Outcome: OutcomeSubmitted, MachineID: machine(1)},
+		{JobID: 1, Owner: "a", Outcome: OutcomeSubmitted, ActionID: "x"},
+	} {
+		if err := s.CompleteJob(context.Background(), r); err == nil {
+			t.Errorf("CompleteJob(%+v) accepted", r)
+		}
+	}
+	if _, err := s.ClaimJobs(context.Background(), "", 1, time.Minute); err == nil {
+		t.Error("ClaimJobs with no owner accepted")
+	}
+	if _, err := s.ClaimJobs(context.Background(), "a", 1, 0); err == nil {
+		t.Error("ClaimJobs with no lease accepted")
+	}
+}
+
+func TestReleaseJobs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		var alerts []AlertInput
+		for i := range 3 {
+			alerts = append(alerts, alertIn(fmt.Sprintf("r%d", i), quick(dev(machine(i), ""))))
+		}
+		mustIngest(t, s, delivery(alerts...))
+		got := claimAll(t, s, "A")
+		if len(got) != 3 {
+			t.Fatalf("claimed %d", len(got))
+		}
+		if err := s.MarkCalling(ctx, got[0].ID, "A"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ReleaseJobs(ctx, "B"); err != nil { // not B's: no effect
+			t.Fatal(err)
+		}
+		if again := claimAll(t, s, "B"); len(again) != 0 {
+			t.Fatalf("B claimed %d jobs still leased to A", len(again))
+		}
+		if err := s.ReleaseJobs(ctx, "A"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.QueueDepth != 3 || st.JobsByState[JobQueued] != 2 || st.JobsByState[JobRetry] != 1 {
+			t.Errorf("stats after release = %+v", st)
+		}
+		again := claimAll(t, s, "B") // due now, no clock change
+		if len(again) != 3 {
+			t.Fatalf("B claimed %d after release, want 3", len(again))
+		}
+		for _, j := range again {
+			calling := j.ID == got[0].ID
+			// A release before any call gives the attempt back.
+			wantAttempts := 1
+			if calling {
+				wantAttempts = 2
+			}
+			if j.Calling != calling || j.Attempts != wantAttempts {
+				t.Errorf("job %+v: want Calling %v, attempts %d", j, calling, wantAttempts)
+			}
+		}
+	})
+}
+
+func TestRetryAndDead(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		d := dev(machine(5), "")
+		jobID := one(t, mustIngest(t, s, delivery(alertIn("rd", quick(d))))).JobID
+		claimAll(t, s, "A")
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeRetry, Err: "429 Retry-After 30", RetryAt: b.clock.Now().Add(30 * time.Second), MachineID: machine(5)}); err != nil {
+			t.Fatal(err)
+		}
+		if got := claimAll(t, s, "A"); len(got) != 0 {
+			t.Fatalf("claimed before its retry time: %+v", got)
+		}
+		st, _ := s.Stats(ctx)
+		if st.QueueDepth != 0 || st.JobsByState[JobRetry] != 1 {
+			t.Errorf("stats = %+v", st)
+		}
+		// Still open: another alert is a duplicate, not a second job.
+		if o := one(t, mustIngest(t, s, delivery(alertIn("rd2", quick(d))))); o.Status != StatusDuplicate {
+			t.Errorf("during retry: %+v", o)
+		}
+		b.clock.Advance(45 * time.Second)
+		st, _ = s.Stats(ctx)
+		if st.QueueDepth != 1 || st.OldestDue != 15*time.Second {
+			t.Errorf("stats = %+v, want one job due for 15s", st)
+		}
+		got := claimAll(t, s, "A")
+		if len(got) != 1 || got[0].LastError != "429 Retry-After 30" || got[0].Attempts != 2 || got[0].MachineID != machine(5) {
+			t.Fatalf("retried claim = %+v", got)
+		}
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeDead, Err: "machine not found"}); err != nil {
+			t.Fatal(err)
+		}
+		b.clock.Advance(time.Hour)
+		if got := claimAll(t, s, "A"); len(got) != 0 {
+			t.Errorf("dead job claimed: %+v", got)
+		}
+		recs, err := s.ListScans(ctx, ScanQuery{Status: "dead"})
+		if err != nil || len(recs) != 1 || recs[0].JobID != jobID || recs[0].LastError != "machine not found" || recs[0].Status != JobDead || recs[0].Attempts != 2 {
+			t.Errorf("dead in audit = %+v, %v", recs, err)
+		}
+	})
+}
+
+func TestActions(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		var ids []int64
+		for i := range 3 {
+			ids = append(ids, one(t, mustIngest(t, s, delivery(alertIn(fmt.Sprintf("act%d", i), quick(dev(machine(i), "")))))).JobID)
+		}
+		for i, id := range ids {
+			submit(t, s, id, machine(i), fmt.Sprintf("action-%d", i))
+			b.clock.Advance(time.Second)
+		}
+		open, err := s.OpenActions(ctx, 10)
+		if err != nil || len(open) != 3 || open[0].ID != "action-0" || open[0].JobID != ids[0] || open[0].MachineID != machine(0) || !open[0].LastPolledAt.IsZero() {
+			t.Fatalf("open = %+v, %v", open, err)
+		}
+		// Polled: action-0 moves on, action-1 is final, unknown ids are skipped.
+		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-0", Status: ActionInProgress}, {ID: "action-1", Status: ActionFailed}, {ID: "nope", Status: ActionSucceeded}}); err != nil {
+			t.Fatal(err)
+		}
+		open, err = s.OpenActions(ctx, 10)
+		if err != nil || len(open) != 2 {
+			t.Fatalf("open = %+v, %v", open, err)
+		}
+		// Never-polled action-2 comes before the just-polled action-0.
+		if open[0].ID != "action-2" || open[1].ID != "action-0" || open[1].Status != ActionInProgress || !open[1].LastPolledAt.Equal(b.clock.Now()) {
+			t.Errorf("open order = %+v", open)
+		}
+		if lim, _ := s.OpenActions(ctx, 1); len(lim) != 1 {
+			t.Errorf("limit ignored: %+v", lim)
+		}
+		st, _ := s.Stats(ctx)
+		if st.OpenActions != 2 || st.JobsByState[JobSubmitted] != 3 {
+			t.Errorf("stats = %+v", st)
+		}
+		// A final status is never moved back.
+		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-1", Status: ActionPending}}); err != nil {
+			t.Fatal(err)
+		}
+		recs, _ := s.ListScans(ctx, ScanQuery{Device: machine(1)})
+		if len(recs) != 1 || recs[0].ActionStatus != ActionFailed || recs[0].Status != ActionFailed || recs[0].JobState != JobSubmitted {
+			t.Errorf("failed action record = %+v", recs)
+		}
+		// Device 1's scan is over (final), device 0's is not.
+		b.clock.Advance(7 * time.Hour)
+		if o := one(t, mustIngest(t, s, delivery(alertIn("after1", quick(dev(machine(1), "")))))); o.Status != StatusQueued {
+			t.Errorf("device with a final action: %+v", o)
+		}
+		if o := one(t, mustIngest(t, s, delivery(alertIn("after0", quick(dev(machine(0), "")))))); o.Status != StatusDuplicate {
+			t.Errorf("device with an InProgress action: %+v", o)
+		}
+		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "", Status: "x"}}); err == nil {
+			t.Error("empty action id accepted")
+		}
+	})
+}
+
+func TestListScans(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		d1 := dev(machine(1), "alpha.contoso.com")
+		d2 := dev("", "beta.contoso.com")
+		mustIngest(t, s, delivery(alertIn("s1", quick(d1))))
+		b.clock.Advance(time.Second)
+		mustIngest(t, s, delivery(alertIn("s2", quick(d1), DecisionInput{Device: d2, Scan: ScanNone, Rule: "none", Reason: "no rule matched"})))
+		b.clock.Advance(time.Second)
+		j3 := one(t, mustIngest(t, s, delivery(alertIn("s3", full(d2))))).JobID
+		submit(t, s, j3, machine(3), "act-3")
+
+		cases := []struct {
+			q    ScanQuery
+			want []string // alert_id/decision_status/status, newest first
+		}{
+			{ScanQuery{}, []string{"s3/queued/Pending", "s2/skipped/skipped", "s2/duplicate/duplicate", "s1/queued/queued"}},
+			{ScanQuery{Limit: 2}, []string{"s3/queued/Pending", "s2/skipped/skipped"}},
+			{ScanQuery{Device: machine(1)}, []string{"s2/duplicate/duplicate", "s1/queued/queued"}},
+			{ScanQuery{Device: "ALPHA.contoso.com"}, []string{"s2/duplicate/duplicate", "s1/queued/queued"}},
+			{ScanQuery{Device: "beta.contoso.com"}, []string{"s3/queued/Pending", "s2/skipped/skipped"}},
+			{ScanQuery{Device: machine(3)}, []string{"s3/queued/Pending"}}, // the machine beta resolved to
+			{ScanQuery{Status: "queued"}, []string{"s3/queued/Pending", "s1/queued/queued"}},
+			{ScanQuery{Status: "submitted"}, []string{"s3/queued/Pending"}},
+			{ScanQuery{Status: "pending"}, []string{"s3/queued/Pending"}},
+			{ScanQuery{Status: "skipped", Device: "beta.contoso.com"}, []string{"s2/skipped/skipped"}},
+			{ScanQuery{Device: "gamma"}, nil},
+		}
+		for _, tc := range cases {
+			recs, err := s.ListScans(ctx, tc.q)
+			if err != nil {
+				t.Fatalf("%+v: %v", tc.q, err)
+			}
+			var got []string
+			for _, r := range recs {
+				got = append(got, r.AlertID+"/"+r.DecisionStatus+"/"+r.Status)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("ListScans(%+v) = %v, want %v", tc.q, got, tc.want)
+			}
+		}
+		recs, _ := s.ListScans(ctx, ScanQuery{Device: machine(3)})
+		r := recs[0]
+		if r.JobState != JobSubmitted || r.ActionID != "act-3" || r.MachineID != machine(3) || r.Rule != "ransomware-full" || r.Scan != ScanFull ||
+			r.Receipt != ReceiptID("sentinel", []string{"s3"}) || r.Device == nil || r.Device.DNSName != "beta.contoso.com" || !r.Time.Equal(newClock().Now().Add(2*time.Second)) {
+			t.Errorf("record = %+v", r)
+		}
+	})
+}
+
+func TestListScansLimits(t *testing.T) {
+	s := sqliteBackend(t).open(t).(*sqlStore)
+	mustIngest(t, s, delivery(alertIn("m", DecisionInput{Scan: ScanNone})))
+	// 1005 more decisions in one statement: ingesting them one by one is
+	// slow under -race, and only the count matters here.
+	err := s.write(context.Background(), func(ctx context.Context, tx q) error {
+		_, err := tx.exec(ctx, `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1005)
+			INSERT INTO decisions (alert_pk, seq, source, alert_id, device_key, device_id, device_dns, device_aad, has_device,
+				rule, scan, comment, rule_reason, cooldown_us, dry_run, status, reason, created_at)
+			SELECT d.alert_pk, d.seq + n.i, d.source, d.alert_id, '', '', '', '', 0, '', 'none', '', '', 0, 0, 'skipped', '', d.created_at
+			FROM decisions d, n`)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ limit, want int }{{0, 100}, {-1, 100}, {5, 5}, {5000, 1000}} {
+		recs, err := s.ListScans(context.Background(), ScanQuery{Limit: tc.limit})
+		if err != nil || len(recs) != tc.want {
+			t.Errorf("limit %d: %d records (%v), want %d", tc.limit, len(recs), err, tc.want)
+		}
+	}
+}
+
+func TestSQLiteDurableAcrossReopen(t *testing.T) {
+	b := sqliteBackend(t)
+	ctx := context.Background()
+	s, err := Open(ctx, "sqlite", b.dsn, Deps{Now: b.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := mustIngest(t, s, delivery(alertIn("keep", quick(dev(machine(1), "")))))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Ingest(ctx, delivery(alertIn("late"))); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ingest after Close = %v, want ErrClosed", err)
+	}
+
+	s2 := b.open(t)
+	det, err := s2.Receipt(ctx, res.Receipt)
+	if err != nil || len(det.Alerts) != 1 || len(det.Jobs) != 1 {
+		t.Fatalf("after reopen: %+v, %v", det, err)
+	}
+	again := mustIngest(t, s2, delivery(alertIn("keep", quick(dev(machine(1), "")))))
+	if !again.Duplicate || again.Receipt != res.Receipt {
+		t.Errorf("redelivery after reopen = %+v", again)
+	}
+	if jobs := claimAll(t, s2, "A"); len(jobs) != 1 {
+		t.Errorf("jobs after reopen = %+v", jobs)
+	}
+	// The file is in WAL mode (what the durability argument rests on).
+	db, err := sql.Open("sqlite", "file:"+b.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var mode string
+	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal_mode = %q, %v", mode, err)
+	}
+	if _, err := Open(ctx, "sqlite", ":memory:", Deps{}); err == nil {
+		t.Error("in-memory SQLite accepted")
+	}
+	if _, err := Open(ctx, "mysql", "x", Deps{}); err == nil {
+		t.Error("unknown driver accepted")
+	}
+}
+
+func TestConcurrentOpenMigratesOnce(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		const n = 6
+		stores := make([]Store, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				s, err := Open(context.Background(), b.driver, b.dsn, Deps{Now: b.clock.Now})
+				if err != nil {
+					t.Errorf("Open %d: %v", i, err)
+					return
+				}
+				stores[i] = s
+			})
+		}
+		wg.Wait()
+		for _, s := range stores {
+			if s != nil {
+				defer s.Close()
+			}
+		}
+		if t.Failed() {
+			return
+		}
+		for i, s := range stores {
+			if err := s.Ping(context.Background()); err != nil {
+				t.Errorf("Ping %d: %v", i, err)
+			}
+		}
+		res := mustIngest(t, stores[0], delivery(alertIn("m", quick(dev(machine(1), "")))))
+		if det, err := stores[n-1].Receipt(context.Background(), res.Receipt); err != nil || len(det.Jobs) != 1 {
+			t.Errorf("other store sees %+v, %v", det, err)
+		}
+		s := stores[0].(*sqlStore)
+		var versions int
+		if err := s.reader().row(context.Background(), `SELECT COUNT(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != 1 {
+			t.Errorf("schema_migrations rows = %d, %v", versions, err)
+		}
+	})
+}
+
+// TestGroupCommitIsolatesFailures: calls that fail inside a batch are
+// rolled back alone; the others in the same transaction commit.
+func TestGroupCommitIsolatesFailures(t *testing.T) {
+	b := sqliteBackend(t)
+	s := b.open(t).(*sqlStore)
+	ctx := context.Background()
+	boom := errors.New("boom")
+	var wg sync.WaitGroup
+	var failed, ok atomic.Int32
+	for i := range 200 {
+		wg.Go(func() {
+			err := s.write(ctx, func(ctx context.Context, tx q) error {
+				if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?)`, fmt.Sprintf("k%d", i)); err != nil {
+					return err
+				}
+				if i%3 == 0 {
+					return boom
+				}
+				return nil
+			})
+			switch {
+			case errors.Is(err, boom):
+				failed.Add(1)
+			case err == nil:
+				ok.Add(1)
+			default:
+				t.Errorf("write %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	var keys []string
+	rows, err := s.reader().query(ctx, `SELECT key FROM devices`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var k string
+		rows.Scan(&k)
+		keys = append(keys, k)
+	}
+	rows.Close()
+	sort.Strings(keys)
+	if len(keys) != int(ok.Load()) || failed.Load() != 67 {
+		t.Fatalf("%d rows for %d successful and %d failed calls", len(keys), ok.Load(), failed.Load())
+	}
+	for _, k := range keys {
+		var i int
+		fmt.Sscanf(k, "k%d", &i)
+		if i%3 == 0 {
+			t.Errorf("failed call's row %s committed", k)
+		}
+	}
+	// A caller whose context is already done is not run.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	ran := false
+	if err := s.write(cctx, func(context.Context, q) error { ran = true; return nil }); !errors.Is(err, context.Canceled) || ran {
+		t.Errorf("cancelled write: err %v, ran %v", err, ran)
+	}
+}
+
+func TestStatsEmpty(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		st, err := b.open(t).Stats(context.Background())
+		if err != nil || st.QueueDepth != 0 || st.OldestDue != 0 || st.OpenActions != 0 || len(st.JobsByState) != 0 {
+			t.Errorf("empty stats = %+v, %v", st, err)
+		}
+	})
+}

@@ -1,0 +1,354 @@
+// Package store owns scanhook's durable state: received alerts with their raw
+// bodies, the per-device decisions made for them, the scan jobs the
+// dispatcher works through, the Defender machine actions those jobs created,
+// and the audit trail over all of it.
+//
+// Two backends share one schema and one set of queries: SQLite
+// (modernc.org/sqlite, WAL, one process) and PostgreSQL (pgx, several
+// replicas). The store keeps the two promises scanhook makes: an alert is
+// committed before Ingest returns (so before the HTTP 202), and a device gets
+// at most one open scan, decided inside the ingest transaction under a lock
+// on the device's row, so that goroutines and replicas cannot race.
+//
+// On SQLite one writer goroutine owns the write connection and commits
+// concurrent calls together (group commit, a SAVEPOINT per call), in WAL mode
+// with synchronous=FULL: one fsync per batch, and an acknowledged call
+// survives a killed process and a power cut alike. All times are stored as
+// Unix microseconds so both dialects share every query.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/scanhook/scanhook/internal/alert"
+)
+
+// Errors callers branch on.
+var (
+	// ErrNotFound: no receipt, job or action with that id.
+	ErrNotFound = errors.New("not found")
+	// ErrLeaseLost: the job is no longer leased by the caller (its lease
+	// expired and another owner claimed it, or it was released or finished).
+	ErrLeaseLost = errors.New("job lease lost")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store closed")
+)
+
+// Decision statuses (the DESIGN.md HTTP contract).
+const (
+	StatusQueued          = "queued"
+	StatusSkipped         = "skipped"
+	StatusDuplicate       = "duplicate"
+	StatusCooldown        = "cooldown"
+	StatusAlreadyScanning = "already_scanning"
+	StatusDryRun          = "dry_run"
+)
+
+// Scan types.
+const (
+	ScanQuick = "Quick"
+	ScanFull  = "Full"
+	ScanNone  = "none"
+)
+
+// Job states.
+const (
+	// JobQueued: waiting for its first claim (or handed back by ReleaseJobs
+	// before any Defender call).
+	JobQueued = "queued"
+	// JobLeased: claimed by a dispatcher, no Defender call recorded in this lease.
+	JobLeased = "leased"
+	// JobCalling: the lease holder said a Defender call is in flight.
+	JobCalling = "calling"
+	// JobRetry: an attempt failed; due again at its next attempt time.
+	JobRetry = "retry"
+	// JobSubmitted: Defender accepted the scan; the job stays open until
+	// its action is final.
+	JobSubmitted = "submitted"
+	// JobAlreadyScanning: Defender refused because a scan was already
+	// pending on the machine; open until that action (if known) is final.
+	JobAlreadyScanning = "already_scanning"
+	// JobDead: given up; kept for the audit trail.
+	JobDead = "dead"
+)
+
+// Outcome is what happened to a leased job.
+type Outcome string
+
+// Job outcomes for CompleteJob.
+const (
+	OutcomeSubmitted       Outcome = "submitted"
+	OutcomeAlreadyScanning Outcome = "already_scanning"
+	OutcomeRetry           Outcome = "retry"
+	OutcomeDead            Outcome = "dead"
+)
+
+// Defender MachineAction statuses; the last four are final.
+const (
+	ActionPending    = "Pending"
+	ActionInProgress = "InProgress"
+	ActionSucceeded  = "Succeeded"
+	ActionFailed     = "Failed"
+	ActionTimeOut    = "TimeOut"
+	ActionCancelled  = "Cancelled"
+)
+
+// FinalActionStatus reports whether a Defender action status is final.
+func FinalActionStatus(s string) bool {
+	switch s {
+	case ActionSucceeded, ActionFailed, ActionTimeOut, ActionCancelled:
+		return true
+	}
+	return false
+}
+
+// Deps are what the store uses from outside.
+type Deps struct {
+	Logger *slog.Logger
+	// Now is the clock (defaults to time.Now). Every time the store records
+	// or compares comes from it, so tests can move time.
+	Now func() time.Time
+}
+
+// Store is scanhook's durable state. Every method is safe for concurrent use.
+type Store interface {
+	// Ingest records a delivery and finalizes its decisions in one
+	// transaction; when it returns nil the delivery is committed.
+	Ingest(ctx context.Context, d Delivery) (IngestResult, error)
+	// Receipt returns what a receipt covers; ErrNotFound if unknown.
+	Receipt(ctx context.Context, id string) (*ReceiptDetail, error)
+	// ListScans is the audit trail, newest decision first.
+	ListScans(ctx context.Context, q ScanQuery) ([]ScanRecord, error)
+	// ClaimJobs leases up to limit due jobs to owner for lease.
+	ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]Job, error)
+	// MarkCalling records, before the call, that owner is about to call
+	// Defender for the job's current attempt. ErrLeaseLost if owner does not
+	// hold an unexpired lease.
+	MarkCalling(ctx context.Context, jobID int64, owner string) error
+	// CompleteJob records an attempt's outcome; ErrLeaseLost if r.Owner no
+	// longer holds the job.
+	CompleteJob(ctx context.Context, r JobResult) error
+	// ReleaseJobs hands owner's leased jobs back, due now.
+	ReleaseJobs(ctx context.Context, owner string) error
+	// OpenActions lists Defender actions that are not final, least
+	// recently polled first.
+	OpenActions(ctx context.Context, limit int) ([]Action, error)
+	// UpdateActions records polled action statuses. Unknown ids are skipped.
+	UpdateActions(ctx context.Context, updates []ActionUpdate) error
+	// Stats summarizes the queue for metrics and readiness.
+	Stats(ctx context.Context) (Stats, error)
+	// Ping checks the database is reachable.
+	Ping(ctx context.Context) error
+	// Close stops the writer and closes the database.
+	Close() error
+}
+
+// Delivery is one accepted webhook call: the alerts decoded from its body
+// and the rules' decisions for each.
+type Delivery struct {
+	Source     string
+	ReceivedAt time.Time // zero: the store's clock
+	Alerts     []AlertInput
+}
+
+// AlertInput is one alert of a delivery.
+type AlertInput struct {
+	Alert alert.Alert
+	// Raw is the alert's part of the body as sent; nil means Alert.Raw.
+	Raw       json.RawMessage
+	Decisions []DecisionInput
+}
+
+// DecisionInput is what the rules decided for one device of an alert.
+type DecisionInput struct {
+	Device   *alert.Device // nil: the alert names no usable device
+	Rule     string
+	Scan     string // Quick | Full | none
+	Comment  string
+	Reason   string
+	Cooldown time.Duration
+	DryRun   bool
+}
+
+// IngestResult is the answer to a delivery.
+type IngestResult struct {
+	Receipt   string            `json:"receipt"`
+	Duplicate bool              `json:"duplicate"`
+	Decisions []DecisionOutcome `json:"decisions"`
+}
+
+// DecisionOutcome is the finalized decision for one (alert, device).
+type DecisionOutcome struct {
+	AlertID string        `json:"alert_id"`
+	Device  *alert.Device `json:"device"`
+	Rule    string        `json:"rule"`
+	Scan    string        `json:"scan"`
+	Status  string        `json:"status"`
+	Reason  string        `json:"reason"`
+	// JobID is the job this decision created or upgraded (0: none).
+	JobID int64 `json:"job_id,omitempty"`
+}
+
+// Job is a scan job as the dispatcher sees it.
+type Job struct {
+	ID        int64        `json:"id"`
+	AlertID   string       `json:"alert_id"`
+	Source    string       `json:"source"`
+	Device    alert.Device `json:"device"`
+	Scan      string       `json:"scan"`
+	Comment   string       `json:"comment"`
+	Attempts  int          `json:"attempts"` // claims so far, this one included
+	State     string       `json:"state"`
+	CreatedAt time.Time    `json:"created_at"`
+	LastError string       `json:"last_error,omitempty"`
+	// MachineID is the resolved Defender machine id, once known.
+	MachineID string `json:"machine_id,omitempty"`
+	// Calling: a previous attempt was marked as calling Defender and may
+	// have reached it; the dispatcher must look for an existing action
+	// before calling again.
+	Calling    bool      `json:"calling"`
+	LeaseUntil time.Time `json:"lease_until,omitzero"`
+}
+
+// JobResult is the outcome of one attempt at a job.
+type JobResult struct {
+	JobID   int64
+	Owner   string
+	Outcome Outcome
+	// MachineID is the resolved machine id; recorded with any outcome
+	// when set (required for Submitted).
+	MachineID string
+	// ActionID and ActionStatus: the Defender action (required for
+	// Submitted; optional for AlreadyScanning, the action already pending).
+	ActionID     string
+	ActionStatus string
+	// Reason explains AlreadyScanning.
+	Reason string
+	// RetryAt is when a Retry is due again (zero: now).
+	RetryAt time.Time
+	// Err is the attempt's error (Retry, Dead).
+	Err string
+}
+
+// Action is a Defender machine action scanhook tracks.
+type Action struct {
+	ID           string    `json:"id"`
+	JobID        int64     `json:"job_id"`
+	MachineID    string    `json:"machine_id"`
+	Status       string    `json:"status"`
+	CreatedAt    time.Time `json:"created_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	LastPolledAt time.Time `json:"last_polled_at,omitzero"`
+}
+
+// ActionUpdate is a polled action status.
+type ActionUpdate struct {
+	ID     string
+	Status string
+}
+
+// Stats summarizes the queue.
+type Stats struct {
+	JobsByState map[string]int64 `json:"jobs_by_state"`
+	// QueueDepth counts jobs due now (claimable).
+	QueueDepth int64 `json:"queue_depth"`
+	// OldestDue is how long the oldest due job has been due (0: none).
+	OldestDue   time.Duration `json:"oldest_due"`
+	OpenActions int64         `json:"open_actions"`
+}
+
+// ScanQuery filters the audit trail.
+type ScanQuery struct {
+	// Device matches the decision's machine id or DNS name, or the
+	// machine id its job resolved to (case-insensitive).
+	Device string
+	// Status matches the decision status, the job state or the action
+	// status (case-insensitive), so "cooldown", "dead" and "succeeded"
+	// all work.
+	Status string
+	// Limit defaults to 100 and is capped at 1000.
+	Limit int
+}
+
+// ScanRecord is one decision of the audit trail with its job and action.
+//
+// Status is the furthest point reached: the action's status when Defender
+// created one, else the job's state when a job exists, else the decision's
+// status. The three stages are also given separately.
+type ScanRecord struct {
+	Time           time.Time     `json:"time"`
+	AlertID        string        `json:"alert_id"`
+	Source         string        `json:"source"`
+	Receipt        string        `json:"receipt"`
+	Device         *alert.Device `json:"device"`
+	Rule           string        `json:"rule"`
+	Scan           string        `json:"scan"`
+	Status         string        `json:"status"`
+	DecisionStatus string        `json:"decision_status"`
+	JobState       string        `json:"job_state,omitempty"`
+	ActionStatus   string        `json:"action_status,omitempty"`
+	Reason         string        `json:"reason"`
+	JobID          int64         `json:"job_id,omitempty"`
+	ActionID       string        `json:"action_id,omitempty"`
+	MachineID      string        `json:"machine_id,omitempty"`
+	Attempts       int           `json:"attempts,omitempty"`
+	LastError      string        `json:"last_error,omitempty"`
+	UpdatedAt      time.Time     `json:"updated_at"`
+}
+
+// ReceiptDetail is everything a receipt covers (served as-is by
+// GET /v1/receipts/{id}).
+type ReceiptDetail struct {
+	Receipt    string         `json:"receipt"`
+	Source     string         `json:"source"`
+	ReceivedAt time.Time      `json:"received_at"`
+	Alerts     []ReceiptAlert `json:"alerts"`
+	Jobs       []JobDetail    `json:"jobs"`
+	Actions    []Action       `json:"actions"`
+}
+
+// ReceiptAlert is one alert of a receipt with its decisions.
+type ReceiptAlert struct {
+	Alert      alert.Alert      `json:"alert"`
+	Raw        json.RawMessage  `json:"raw"`
+	ReceivedAt time.Time        `json:"received_at"`
+	Receipt    string           `json:"first_receipt"`
+	Decisions  []DecisionRecord `json:"decisions"`
+}
+
+// DecisionRecord is a stored decision.
+type DecisionRecord struct {
+	AlertID    string        `json:"alert_id"`
+	Device     *alert.Device `json:"device"`
+	Rule       string        `json:"rule"`
+	Scan       string        `json:"scan"`
+	Comment    string        `json:"comment,omitempty"`
+	Status     string        `json:"status"`
+	Reason     string        `json:"reason"`
+	RuleReason string        `json:"rule_reason,omitempty"`
+	Cooldown   string        `json:"cooldown,omitempty"`
+	DryRun     bool          `json:"dry_run,omitempty"`
+	JobID      int64         `json:"job_id,omitempty"`
+	CreatedAt  time.Time     `json:"created_at"`
+}
+
+// JobDetail is a job with its attempt history.
+type JobDetail struct {
+	Job
+	UpdatedAt time.Time `json:"updated_at"`
+	ActionID  string    `json:"action_id,omitempty"`
+	History   []Attempt `json:"history"`
+}
+
+// Attempt is one recorded attempt outcome.
+type Attempt struct {
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Owner   string    `json:"owner"`
+	Outcome string    `json:"outcome"`
+	Error   string    `json:"error,omitempty"`
+}
