@@ -81,7 +81,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 	if env.Stderr == nil {
 		env.Stderr = io.Discard
 	}
-	err := dispatch(ctx, args, env)
+	err := runCommand(ctx, args, env)
 	if err == nil {
 		return ExitOK
 	}
@@ -101,7 +101,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 	return ExitInvalid
 }
 
-func dispatch(ctx context.Context, args []string, env Env) error {
+func runCommand(ctx context.Context, args []string, env Env) error {
 	if len(args) == 0 {
 		return usagef("no command given")
 	}
@@ -121,6 +121,8 @@ func dispatch(ctx context.Context, args []string, env Env) error {
 		default:
 			return usagef("rules: unknown subcommand %q (want 'check' or 'test')", args[1])
 		}
+	case "serve":
+		return serve(ctx, args[1:], env)
 	case "scan":
 		return scan(ctx, args[1:], env)
 	case "help", "-h", "--help":

@@ -110,8 +110,10 @@ func Defaults() Config {
 			WriteTimeout:      30 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ShutdownTimeout:   20 * time.Second,
-			IngestPerSecond:   1000,
-			IngestBurst:       2000,
+			// Above the 2,000 alerts/s the store sustains, so the limiter
+			// only cuts in for floods that would otherwise queue in memory.
+			IngestPerSecond: 5000,
+			IngestBurst:     5000,
 		},
 		Dispatch: Dispatch{
 			Workers:      4,

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/scanhook/scanhook/internal/defendersim"
+)
+
+// server is a scanhook serve process under test.
+type server struct {
+	cmd    *exec.Cmd
+	stdout *lockedBuffer
+	stderr *lockedBuffer
+	done   chan struct{}
+}
+
+type lockedBuffer struct {
+	mu  chan struct{}
+	buf bytes.Buffer
+}
+
+func newLockedBuffer() *lockedBuffer { return &lockedBuffer{mu: make(chan struct{}, 1)} }
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.String()
+}
+
+func startServer(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
+	s := &server{cmd: exec.Command(binary, args...), stdout: newLockedBuffer(), stderr: newLockedBuffer(), done: make(chan struct{})}
+	s.cmd.Env = append(os.Environ(), env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		s.kill()
+		if t.Failed() {
+			t.Logf("server stderr:\n%s", tail(s.stderr.String(), 6000))
+		}
+	})
+	return s
+}
+
+func (s *server) kill() {
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func post(t *testing.T, url, token string, body []byte) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func getJSON(t *testing.T, url, token string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("GET %s: %v: %s", url, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+// TestDemo follows the README: start the demo, paste the printed curl for
+// the Sentinel incident, and watch the scans reach Succeeded via the receipt.
+func TestDemo(t *testing.T) {
+	s := startServer(t, nil, "serve", "--demo", "--listen", "127.0.0.1:0")
+	var base, token, dir string
+	re := regexp.MustCompile(`listening on (http://\S+)`)
+	waitFor(t, 20*time.Second, "the demo banner", func() bool {
+		out := s.stdout.String()
+		m := re.FindStringSubmatch(out)
+		if m == nil || !strings.Contains(out, "duplicate") {
+			return false
+		}
+		base = m[1]
+		sc := bufio.NewScanner(strings.NewReader(out))
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) >= 2 && f[0] == "token" {
+				token = f[1]
+			}
+			if len(f) >= 2 && f[0] == "config" {
+				dir = filepath.Dir(f[1])
+			}
+		}
+		return token != "" && dir != ""
+	})
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The printed curl command must point at files that exist.
+	body, err := os.ReadFile(filepath.Join(dir, "sentinel-incident.json"))
+	if err != nil {
+		t.Fatalf("the banner's sample file: %v", err)
+	}
+	code, res := post(t, base+"/v1/webhooks/sentinel", token, body)
+	if code != http.StatusAccepted {
+		t.Fatalf("webhook answered %d: %v", code, res)
+	}
+	receipt, _ := res["receipt"].(string)
+	decisions, _ := res["decisions"].([]any)
+	if receipt == "" || len(decisions) != 2 || res["duplicate"] != false {
+		t.Fatalf("answer %v", res)
+	}
+	for _, d := range decisions {
+		if st := d.(map[string]any)["status"]; st != "queued" {
+			t.Fatalf("decision status %v, want queued: %v", st, d)
+		}
+	}
+
+	type action struct {
+		Status string `json:"status"`
+	}
+	var detail struct {
+		Receipt string   `json:"receipt"`
+		Actions []action `json:"actions"`
+	}
+	waitFor(t, 40*time.Second, "both scans to reach Succeeded", func() bool {
+		if getJSON(t, base+"/v1/receipts/"+receipt, token, &detail) != http.StatusOK {
+			return false
+		}
+		if len(detail.Actions) != 2 {
+			return false
+		}
+		for _, a := range detail.Actions {
+			if a.Status != "Succeeded" {
+				return false
+			}
+		}
+		return true
+	})
+
+	code, res = post(t, base+"/v1/webhooks/sentinel", token, body)
+	if code != http.StatusAccepted || res["duplicate"] != true || res["receipt"] != receipt {
+		t.Fatalf("redelivery: %d %v", code, res)
+	}
+
+	// SIGTERM stops it cleanly.
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve did not stop on SIGTERM")
+	}
+	if !strings.Contains(s.stderr.String(), `"msg":"stopped"`) {
+		t.Errorf("no clean stop logged")
+	}
+}
+
+// TestCrashSafety posts alerts while Defender is down, kills the service
+// with SIGKILL, restarts it with Defender back, and checks that every
+// acknowledged alert's scan is requested exactly once.
+func TestCrashSafety(t *testing.T) {
+	const devices = 40
+	machines := defendersim.GenerateMachines(devices)
+	sim, err := defendersim.New(defendersim.Options{Machines: machines, PendingFor: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(sim.WriteCAFile(filepath.Join(dir, "ca.pem")))
+	must(os.WriteFile(filepath.Join(dir, "secret"), []byte(defendersim.DefaultClientSecret), 0o600))
+	const token = "crash-test-token-0123456789"
+	must(os.WriteFile(filepath.Join(dir, "token"), []byte(token), 0o600))
+	must(os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules:\n  - name: all\n    scan: Quick\n"), 0o600))
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+rules: rules.yaml
+store: {driver: sqlite, dsn: scanhook.db}
+defender:
+  api_url: %[1]s
+  authority_host: %[1]s/
+  credential: client-secret
+  tenant_id: %[2]s
+  client_id: %[3]s
+  client_secret_file: secret
+  timeout: 1s
+sources:
+  defender:
+    auth: {bearer_token_file: token}
+dispatch:
+  # Jobs the killed process had claimed come back when their lease ends.
+  lease: 4s
+  backoff_base: 100ms
+  backoff_max: 500ms
+  poll_interval: 1s
+`, sim.URL(), defendersim.DefaultTenantID, defendersim.DefaultClientID)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	must(os.WriteFile(cfgPath, []byte(cfg), 0o600))
+	env := []string{"SSL_CERT_FILE=" + filepath.Join(dir, "ca.pem")}
+
+	listenRe := regexp.MustCompile(`"msg":"scanhook serving","addr":"([^"]+)"`)
+	start := func() (*server, string) {
+		s := startServer(t, env, "serve", "--config", cfgPath)
+		var addr string
+		waitFor(t, 20*time.Second, "serve to listen", func() bool {
+			m := listenRe.FindStringSubmatch(s.stderr.String())
+			if m != nil {
+				addr = m[1]
+			}
+			return addr != ""
+		})
+		return s, "http://" + addr
+	}
+
+	sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
+	s, base := start()
+	acked := map[string]bool{}
+	for i, m := range machines {
+		body := fmt.Sprintf(`{"id":"da-crash-%d","severity":"High","title":"t","machineId":%q,"computerDnsName":%q}`, i, m.ID, m.ComputerDNSName)
+		code, res := post(t, base+"/v1/webhooks/defender", token, []byte(body))
+		if code != http.StatusAccepted {
+			t.Fatalf("alert %d: %d %v", i, code, res)
+		}
+		acked[m.ID] = true
+	}
+	// Let the dispatcher hit the outage at least once, then kill it hard.
+	waitFor(t, 20*time.Second, "a failed attempt during the outage", func() bool {
+		for _, r := range sim.Requests() {
+			if strings.HasSuffix(r.Path, "/runAntiVirusScan") {
+				return true
+			}
+		}
+		return false
+	})
+	s.kill()
+
+	sim.SetFaults(defendersim.Faults{})
+	_, _ = start()
+	scanned := func() map[string]int {
+		n := map[string]int{}
+		for _, r := range sim.Requests() {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.Path, "/runAntiVirusScan") && r.Status == http.StatusCreated {
+				n[strings.TrimSuffix(strings.TrimPrefix(r.Path, "/api/machines/"), "/runAntiVirusScan")]++
+			}
+		}
+		return n
+	}
+	waitFor(t, 60*time.Second, "every acknowledged alert's scan", func() bool { return len(scanned()) == len(acked) })
+	// Give a duplicate the chance to show up before counting.
+	time.Sleep(2 * time.Second)
+	got := scanned()
+	for id := range acked {
+		if got[id] != 1 {
+			t.Errorf("machine %s scanned %d times, want exactly 1", id, got[id])
+		}
+	}
+	for _, r := range sim.Requests() {
+		if strings.HasSuffix(r.Path, "/runAntiVirusScan") && r.Status == http.StatusBadRequest {
+			t.Errorf("a second scan request reached Defender for %s (400 already pending)", r.Path)
+		}
+	}
+}

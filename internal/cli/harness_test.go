@@ -1,0 +1,160 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/scanhook/scanhook/internal/config"
+	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/defendersim"
+)
+
+// testService is the whole service (the same runService as `serve`) running
+// in-process against a simulator, on a real listener.
+type testService struct {
+	base, token string
+	logs        *syncWriter
+	stopOnce    sync.Once
+	cancel      context.CancelFunc
+	served      chan error
+}
+
+const testToken = "test-token-0123456789abcdef"
+
+// startTestService writes a config for sim (every source but generic
+// authenticated with testToken, plus extra YAML) and runs the service.
+func startTestService(t *testing.T, sim *defendersim.Server, limiter defender.Limiter, rulesYAML, extra string) *testService {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"secret":     defendersim.DefaultClientSecret,
+		"token":      testToken,
+		"rules.yaml": rulesYAML,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	text := fmt.Sprintf(`listen: 127.0.0.1:0
+rules: rules.yaml
+store: {driver: sqlite, dsn: scanhook.db}
+defender:
+  api_url: %[1]s
+  authority_host: %[1]s/
+  credential: client-secret
+  tenant_id: %[2]s
+  client_id: %[3]s
+  client_secret_file: secret
+log:
+  level: info
+%[4]s`, sim.URL(), defendersim.DefaultTenantID, defendersim.DefaultClientID, extra)
+	if !bytes.Contains([]byte(extra), []byte("sources:")) {
+		text += "sources:\n"
+		for _, s := range []string{"defender", "graph", "sentinel", "azuremonitor", "splunk", "elastic", "alertmanager"} {
+			text += "  " + s + ":\n    auth: {bearer_token_file: token}\n"
+		}
+	}
+	cfg, err := config.Parse(cfgPath, []byte(text))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, text)
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = &tls.Config{RootCAs: sim.CertPool()}
+	addrCh := make(chan net.Addr, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	svc := &testService{token: testToken, logs: &syncWriter{}, cancel: cancel, served: make(chan error, 1)}
+	go func() {
+		svc.served <- runService(ctx, cfg, Env{Stdout: io.Discard, Stderr: svc.logs}, serviceHooks{
+			Transport: transport,
+			Limiter:   limiter,
+			Listening: func(a net.Addr) { addrCh <- a },
+		})
+	}()
+	select {
+	case a := <-addrCh:
+		svc.base = "http://" + a.String()
+	case err := <-svc.served:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	t.Cleanup(func() {
+		svc.stop(t)
+		if t.Failed() {
+			t.Logf("service log (tail):\n%s", svc.logs.tail(6000))
+		}
+	})
+	return svc
+}
+
+func (s *testService) stop(t *testing.T) {
+	s.stopOnce.Do(func() {
+		s.cancel()
+		if err := <-s.served; err != nil {
+			t.Errorf("serve returned: %v", err)
+		}
+	})
+}
+
+// do sends one request with the test token and decodes a JSON answer.
+func (s *testService) do(t *testing.T, method, path, contentType string, body []byte, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, s.base+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %v: %s", method, path, resp.StatusCode, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+// syncWriter collects the service's log lines from its goroutines.
+type syncWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+func (s *syncWriter) tail(n int) string {
+	out := s.String()
+	if len(out) > n {
+		return out[len(out)-n:]
+	}
+	return out
+}
