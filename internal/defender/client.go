@@ -543,14 +543,14 @@ func (c *Client) invalid(op, format string, args ...any) error {
 			args[i] = truncate(s, 128)
 		}
 	}
-	err := &Error{Kind: Invalid, Op: op, Message: fmt.Sprintf(format, args...)}
+	err := &Error{Kind: Invalid, Op: op, Message: fmt.Sprintf(format, args...), NotSent: true}
 	c.m.calls.WithLabelValues(op, Invalid.String()).Inc()
 	return err
 }
 
 func (c *Client) dryRun(op string) error {
 	c.m.calls.WithLabelValues(op, DryRun.String()).Inc()
-	return &Error{Kind: DryRun, Op: op, Message: "defender.dry_run is on: nothing sent"}
+	return &Error{Kind: DryRun, Op: op, Message: "defender.dry_run is on: nothing sent", NotSent: true}
 }
 
 func (c *Client) malformed(op string, status int, err error) error {
@@ -571,6 +571,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (err error) {
 			}
 			c.mu.Unlock()
 		}
+		e.NotSent = true
 		c.m.calls.WithLabelValues(r.op, Unavailable.String()).Inc()
 		return e
 	}
@@ -587,13 +588,24 @@ func (c *Client) do(ctx context.Context, r request, out any) (err error) {
 
 	waitStart := time.Now()
 	if werr := c.limiter.Wait(ctx, r.family); werr != nil {
-		if ctx.Err() != nil {
-			err = c.ctxError(r.op, ctx, werr)
-		} else {
-			// A shared limiter's backend failed: nothing was sent.
-			err = &Error{Kind: Unavailable, Op: r.op, Message: "rate limiter failed", Err: werr}
+		var le *LimitError
+		var e *Error
+		switch {
+		case errors.As(werr, &le):
+			// Our own limit, not Defender's: the caller reschedules
+			// without counting it as a failed attempt.
+			e = &Error{Kind: Throttled, Op: r.op, Code: LocalRateLimit, Local: true,
+				Message:    "local rate limit of " + r.family.String() + ": nothing sent",
+				RetryAfter: max(le.Wait, 0), Err: werr}
+		case ctx.Err() != nil:
+			e = c.ctxError(r.op, ctx, werr)
+		default:
+			// A shared limiter's backend failed.
+			e = &Error{Kind: Unavailable, Op: r.op, Message: "rate limiter failed", Err: werr}
 		}
-		c.m.calls.WithLabelValues(r.op, KindOf(err).String()).Inc()
+		e.NotSent = true
+		err = e
+		c.m.calls.WithLabelValues(r.op, outcomeLabel(err)).Inc()
 		return err
 	}
 	sent = true
@@ -608,7 +620,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (err error) {
 	c.m.latency.WithLabelValues(r.op).Observe(elapsed.Seconds())
 	outcome := "ok"
 	if err != nil {
-		outcome = KindOf(err).String()
+		outcome = outcomeLabel(err)
 	}
 	c.m.calls.WithLabelValues(r.op, outcome).Inc()
 	if c.log.Enabled(ctx, slog.LevelDebug) {
@@ -631,7 +643,9 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 
 	tok, err := c.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.cfg.Scope}})
 	if err != nil {
-		return 0, c.tokenError(r.op, parent, ctx, err)
+		e := c.tokenError(r.op, parent, ctx, err)
+		e.NotSent = true // nothing went to Defender without a token
+		return 0, e
 	}
 	u := c.base + r.path
 	if r.query != "" {
@@ -643,7 +657,7 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 	}
 	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
 	if err != nil {
-		return 0, &Error{Kind: Invalid, Op: r.op, Message: "building the request", Err: err}
+		return 0, &Error{Kind: Invalid, Op: r.op, Message: "building the request", Err: err, NotSent: true}
 	}
 	req.Header.Set("Authorization", "Bearer "+tok.Token)
 	req.Header.Set("Accept", "application/json")
@@ -653,7 +667,9 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, c.transportError(r.op, parent, ctx, err)
+		e := c.transportError(r.op, parent, ctx, err)
+		e.NotSent = dialFailed(err)
+		return 0, e
 	}
 	defer resp.Body.Close()
 
@@ -738,6 +754,26 @@ func (c *Client) tokenError(op string, parent, ctx context.Context, err error) *
 		e.Kind = Network
 	}
 	return e
+}
+
+// dialFailed reports whether a transport error happened while connecting,
+// before any byte of the request was written. net/http only retries a
+// POST on a new connection when nothing was written on the old one, so a
+// final dial error means no attempt of the request went out. Anything
+// else (TLS, a reset, a timeout) may have come after the request left.
+func dialFailed(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// outcomeLabel is the outcome of scanhook_defender_calls_total for a failed
+// call: its kind, with our own rate limit told from Defender's.
+func outcomeLabel(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Local && e.Kind == Throttled {
+		return "throttled_local"
+	}
+	return KindOf(err).String()
 }
 
 func contains(list []int, v int) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/url"
 	"reflect"
 	"strings"
@@ -664,26 +665,136 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-func TestContextDeadlineWhileWaitingForLimiter(t *testing.T) {
-	lim, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{{Limit: 1, Length: time.Hour}}})
+// A limiter wait that cannot end before the caller's deadline comes back at
+// once as a local throttle: nothing sent, the predicted wait as RetryAfter,
+// the breaker untouched. (It used to block until the deadline and come back
+// as Timeout, which the dispatcher counted as a failed attempt.)
+func TestLocalThrottle(t *testing.T) {
+	lim, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{{Limit: 1, Length: time.Hour}}, Margin: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, defendersim.Options{}, func(_ *Config, d *Deps) { d.Limiter = lim })
+	e := newEnv(t, defendersim.Options{}, func(_ *Config, d *Deps) {
+		d.Limiter = lim
+		d.BreakerFailures = 1
+	})
 	m := windowsMachine(t, e.sim, 0)
-	if _, err := e.client.GetMachine(ctxT(t), m.ID); err != nil {
+	if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "uses the hour's budget"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = e.client.GetMachine(ctx, m.ID)
-	ee := wantKind(t, err, Timeout)
-	if !errors.Is(ee, context.DeadlineExceeded) {
-		t.Errorf("err = %v, want to wrap the deadline", err)
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		began := time.Now()
+		_, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "throttled")
+		elapsed := time.Since(began)
+		cancel()
+		ee := wantKind(t, err, Throttled)
+		if !ee.Local || !ee.NotSent || ee.Code != LocalRateLimit || ee.Status != 0 {
+			t.Errorf("call %d: local %v, not sent %v, code %q, status %d", i, ee.Local, ee.NotSent, ee.Code, ee.Status)
+		}
+		if !IsLocalThrottle(err) || !NothingCreated(err) || !IsRetryable(err) {
+			t.Errorf("call %d: IsLocalThrottle %v, NothingCreated %v, IsRetryable %v", i, IsLocalThrottle(err), NothingCreated(err), IsRetryable(err))
+		}
+		if ee.RetryAfter < 59*time.Minute || ee.RetryAfter > time.Hour {
+			t.Errorf("call %d: RetryAfter = %s, want the hour window's remaining wait", i, ee.RetryAfter)
+		}
+		var le *LimitError
+		if !errors.As(err, &le) || le.Family != ScanActions {
+			t.Errorf("call %d: %v does not wrap the limiter's LimitError", i, err)
+		}
+		// It did not sit out the 30s deadline.
+		if elapsed > 10*time.Second {
+			t.Errorf("call %d blocked %s", i, elapsed)
+		}
 	}
 	if n := len(apiRequests(e.sim)); n != 1 {
 		t.Errorf("%d API calls, want 1", n)
 	}
+	if s := e.client.BreakerState(ScanActions); s != "closed" {
+		t.Errorf("breaker = %s after local throttles, want closed", s)
+	}
+	if got := testutil.ToFloat64(e.client.m.calls.WithLabelValues("runAntiVirusScan", "throttled_local")); got != 3 {
+		t.Errorf("throttled_local calls counted = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(e.client.m.calls.WithLabelValues("runAntiVirusScan", "timeout")); got != 0 {
+		t.Errorf("timeout calls counted = %v, want 0", got)
+	}
+
+	// A cancellation is not a throttle.
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	_, err = e.client.RunAntiVirusScan(cctx, m.ID, Quick, "canceled")
+	if ee := wantKind(t, err, Canceled); !ee.NotSent || ee.Local {
+		t.Errorf("canceled in the limiter: not sent %v, local %v", ee.NotSent, ee.Local)
+	}
+}
+
+// NotSent and NothingCreated as the client sets them on real failures.
+func TestNothingCreated(t *testing.T) {
+	t.Run("connection refused", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		e := newEnv(t, defendersim.Options{}, func(c *Config, _ *Deps) { c.APIURL = "https://" + addr })
+		_, err = e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "refused")
+		ee := wantKind(t, err, Network)
+		if !ee.NotSent || !NothingCreated(err) {
+			t.Errorf("refused connection: not sent %v, nothing created %v (%v)", ee.NotSent, NothingCreated(err), err)
+		}
+	})
+	t.Run("429", func(t *testing.T) {
+		e := newEnv(t, defendersim.Options{RateLimit: defendersim.RateLimit{PerMinute: 1}}, nil)
+		m := windowsMachine(t, e.sim, 0)
+		if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "budget"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "429")
+		ee := wantKind(t, err, Throttled)
+		if ee.Local || ee.NotSent || !NothingCreated(err) || IsLocalThrottle(err) {
+			t.Errorf("429: local %v, not sent %v, nothing created %v", ee.Local, ee.NotSent, NothingCreated(err))
+		}
+	})
+	t.Run("503", func(t *testing.T) {
+		e := newEnv(t, defendersim.Options{}, nil)
+		e.sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
+		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "503")
+		ee := wantKind(t, err, Server)
+		if ee.NotSent || !NothingCreated(err) {
+			t.Errorf("503: not sent %v, nothing created %v", ee.NotSent, NothingCreated(err))
+		}
+	})
+	t.Run("timeout after sending", func(t *testing.T) {
+		e := newEnv(t, defendersim.Options{}, func(c *Config, _ *Deps) { c.Timeout = 200 * time.Millisecond })
+		m := windowsMachine(t, e.sim, 0)
+		// Get the token first: the latency applies to API calls only.
+		if _, err := e.client.GetMachine(ctxT(t), m.ID); err != nil {
+			t.Fatal(err)
+		}
+		e.sim.SetFaults(defendersim.Faults{Latency: 2 * time.Second})
+		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "slow")
+		ee := wantKind(t, err, Timeout)
+		if ee.NotSent || NothingCreated(err) {
+			t.Errorf("timeout: not sent %v, nothing created %v", ee.NotSent, NothingCreated(err))
+		}
+	})
+	t.Run("connection reset", func(t *testing.T) {
+		e := newEnv(t, defendersim.Options{}, nil)
+		e.sim.SetFaults(defendersim.Faults{ResetRate: 1})
+		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "reset")
+		if err == nil || NothingCreated(err) {
+			t.Errorf("reset: nothing created %v (%v)", NothingCreated(err), err)
+		}
+	})
+	t.Run("invalid input", func(t *testing.T) {
+		e := newEnv(t, defendersim.Options{}, nil)
+		_, err := e.client.RunAntiVirusScan(ctxT(t), "not-a-machine", Quick, "x")
+		if !NothingCreated(err) {
+			t.Errorf("invalid input: nothing created false (%v)", err)
+		}
+	})
 }
 
 type brokenLimiter struct{}

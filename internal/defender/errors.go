@@ -74,10 +74,22 @@ type Error struct {
 	Status int
 	// Code, Message and Target come from Defender's error envelope.
 	Code, Message, Target string
-	// RetryAfter is how long Defender (429) or the breaker asks to wait.
+	// RetryAfter is how long Defender (429), the breaker or our own rate
+	// limiter (Local) asks to wait.
 	RetryAfter time.Duration
-	Err        error
+	// Local marks a Throttled error from scanhook's own rate limiter (Code
+	// LocalRateLimit): no call could be admitted before the context's
+	// deadline, nothing was sent, and Defender's budget is untouched.
+	Local bool
+	// NotSent: the client knows the request never reached Defender (open
+	// breaker, rate limiter, invalid input, dry run, no token, connection
+	// refused). False means it may have, not that it did.
+	NotSent bool
+	Err     error
 }
+
+// LocalRateLimit is the Code of a local throttle (Error.Local).
+const LocalRateLimit = "LocalRateLimit"
 
 func (e *Error) Error() string {
 	var b strings.Builder
@@ -131,6 +143,37 @@ func RetryAfterOf(err error) time.Duration {
 		return e.RetryAfter
 	}
 	return 0
+}
+
+// IsLocalThrottle reports whether err is scanhook's own rate limiter
+// holding a call back: nothing was sent, and trying again after RetryAfter
+// is all there is to do. It is not a failure of the attempt.
+func IsLocalThrottle(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Local && e.Kind == Throttled
+}
+
+// NothingCreated reports whether err proves that a call that creates
+// something (runAntiVirusScan, cancel) changed nothing at Defender: the
+// request was never sent, or Defender answered it with a status that
+// refuses it before any work, a 4xx (408 Request Timeout excepted) or 503.
+// Any other failure (timeout, reset, 500, 502, 504, a malformed success)
+// leaves the question open, and so gives false; nil gives false too.
+func NothingCreated(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	if e.NotSent {
+		return true
+	}
+	switch s := e.Status; {
+	case s == http.StatusRequestTimeout:
+		return false
+	case s >= 400 && s < 500, s == http.StatusServiceUnavailable:
+		return true
+	}
+	return false
 }
 
 // IsRetryable reports whether trying the same call later may succeed.

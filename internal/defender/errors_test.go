@@ -274,3 +274,38 @@ func TestAPIUnauthorized(t *testing.T) {
 		t.Error("the simulator's authority must run without instance discovery")
 	}
 }
+
+func TestNothingCreatedByStatus(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"not ours", errors.New("boom"), false},
+		{"400", &Error{Kind: BadRequest, Status: 400}, true},
+		{"400 already scanning", &Error{Kind: AlreadyScanning, Status: 400}, true},
+		{"201 with an existing action", &Error{Kind: AlreadyScanning, Status: 201}, false},
+		{"401", &Error{Kind: Unauthorized, Status: 401}, true},
+		{"404", &Error{Kind: NotFound, Status: 404}, true},
+		{"408", &Error{Kind: Timeout, Status: 408}, false},
+		{"429", &Error{Kind: Throttled, Status: 429}, true},
+		{"500", &Error{Kind: Server, Status: 500}, false},
+		{"502", &Error{Kind: Server, Status: 502}, false},
+		{"503", &Error{Kind: Server, Status: 503}, true},
+		{"504", &Error{Kind: Timeout, Status: 504}, false},
+		{"malformed 201", &Error{Kind: Server, Status: 201}, false},
+		{"timeout", &Error{Kind: Timeout}, false},
+		{"network", &Error{Kind: Network}, false},
+		{"not sent", &Error{Kind: Network, NotSent: true}, true},
+		{"breaker", &Error{Kind: Unavailable, NotSent: true}, true},
+		{"wrapped 429", fmt.Errorf("scan: %w", &Error{Kind: Throttled, Status: 429}), true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := NothingCreated(tc.err); got != tc.want {
+				t.Errorf("NothingCreated(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}

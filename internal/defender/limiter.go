@@ -2,6 +2,7 @@ package defender
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -40,9 +41,30 @@ func (f Family) String() string {
 
 // Limiter admits calls to a family. Wait blocks until a call may be sent or
 // ctx ends. Implementations may be shared by several clients (replicas).
+// When a call cannot be admitted before ctx's deadline, Wait should return
+// a *LimitError at once (with the predicted wait) rather than block until
+// the deadline: the client then reports a local throttle, which the
+// dispatcher reschedules without spending an attempt.
 type Limiter interface {
 	Wait(ctx context.Context, family Family) error
 }
+
+// LimitError is what a Limiter's Wait returns when the call cannot be
+// admitted before the context's deadline. Nothing was admitted.
+type LimitError struct {
+	Family Family
+	// Wait is the predicted time until a call of Family may be admitted:
+	// a lower bound when calls still in flight must complete first.
+	Wait time.Duration
+	// Err is the context's error when the deadline had already passed.
+	Err error
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("rate limit of %s: no call can be admitted before the deadline (next in about %s)", e.Family, e.Wait)
+}
+
+func (e *LimitError) Unwrap() error { return e.Err }
 
 // CompletionLimiter is a Limiter that also wants to hear when an admitted
 // call has finished (answered, failed or abandoned). The client calls Done
@@ -130,11 +152,14 @@ func NewSlidingWindowLimiter(opts SlidingWindowOptions) (*SlidingWindowLimiter, 
 	return l, nil
 }
 
-// Wait blocks until family may send one more call or ctx ends.
+// Wait blocks until family may send one more call or ctx ends. When ctx has
+// a deadline that comes before the predicted wait, it returns a *LimitError
+// at once instead of blocking until the deadline.
 func (l *SlidingWindowLimiter) Wait(ctx context.Context, family Family) error {
 	if family < 0 || family >= numFamilies {
 		return fmt.Errorf("rate limiter: unknown family %d", int(family))
 	}
+	deadline, hasDeadline := ctx.Deadline()
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -142,47 +167,76 @@ func (l *SlidingWindowLimiter) Wait(ctx context.Context, family Family) error {
 		}
 	}()
 	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		l.mu.Lock()
 		f := &l.families[family]
+		if err := ctx.Err(); err != nil {
+			// Still say how long a new attempt would wait, when that is
+			// what ended this one.
+			var lerr error = err
+			if errors.Is(err, context.DeadlineExceeded) {
+				if wait, ok := l.peek(f); !ok {
+					lerr = &LimitError{Family: family, Wait: wait, Err: err}
+				}
+			}
+			l.mu.Unlock()
+			return lerr
+		}
 		wait, ok := l.admit(f)
 		if ok {
 			l.mu.Unlock()
 			return nil
 		}
+		// The deadline is on the wall clock whatever l.now is.
+		if hasDeadline && time.Until(deadline) < wait {
+			l.mu.Unlock()
+			return &LimitError{Family: family, Wait: wait}
+		}
 		f.waiters++
 		changed := f.changed
 		l.mu.Unlock()
-		var tc <-chan time.Time
-		if wait > 0 {
-			if timer == nil {
-				timer = time.NewTimer(wait)
-			} else {
-				timer.Reset(wait)
-			}
-			tc = timer.C
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
 		}
-		var err error
+		// A done context is reported at the top of the loop.
 		select {
 		case <-ctx.Done():
-			err = ctx.Err()
 		case <-changed:
-		case <-tc:
+		case <-timer.C:
 		}
 		l.mu.Lock()
 		f.waiters--
 		l.mu.Unlock()
-		if err != nil {
-			return err
-		}
 	}
 }
 
+// Delay predicts how long a call of family would wait now: 0 when it would
+// be admitted at once. It takes nothing.
+func (l *SlidingWindowLimiter) Delay(family Family) time.Duration {
+	if family < 0 || family >= numFamilies {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	wait, _ := l.peek(&l.families[family])
+	return wait
+}
+
+// peek is admit without taking the slot. Called with l.mu held.
+func (l *SlidingWindowLimiter) peek(f *familyLog) (time.Duration, bool) {
+	wait, ok := l.admit(f)
+	if ok {
+		f.pending--
+	}
+	return wait, ok
+}
+
 // admit takes a slot if every window has room. Otherwise it returns how
-// long until the first completion leaves the tightest window, or 0 when
-// only a Done can free a slot. Called with l.mu held.
+// long until a slot can free up in every window: exact when completed calls
+// must age out, a lower bound (the window's length) when calls still in
+// flight must complete first, for their completion is then counted for a
+// whole window. Called with l.mu held.
 func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 	now := l.now()
 	longest := l.windows[len(l.windows)-1].Length
@@ -200,20 +254,18 @@ func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 			continue
 		}
 		blocked = true
-		if f.pending >= w.Limit {
-			continue // only a completion frees this window
-		}
-		// This many of the oldest entries must age out.
+		// This many of the oldest entries must age out; completed ones
+		// come first, then the calls in flight.
 		expire := f.pending + inWindow - w.Limit + 1
-		if d := f.done[first+expire-1].Add(w.Length).Sub(now); d > wait {
-			wait = d
+		d := w.Length
+		if expire <= inWindow {
+			d = f.done[first+expire-1].Add(w.Length).Sub(now)
 		}
+		wait = max(wait, d)
 	}
 	if blocked {
-		if wait <= 0 {
-			wait = 0
-		}
-		return wait, false
+		// Never 0: a caller must not spin.
+		return max(wait, time.Millisecond), false
 	}
 	f.pending++
 	return 0, true

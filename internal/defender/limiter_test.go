@@ -104,9 +104,10 @@ func TestSlidingWindowCountsInFlightCalls(t *testing.T) {
 		}
 	}
 	// Both in flight: only a completion can free a slot, however long ago
-	// they were admitted.
+	// they were admitted, and the completion then counts for a whole
+	// window: the predicted wait is at least the window.
 	clock.Set(time.Hour)
-	if wait, ok := l.try(ActionReads); ok || wait != 0 {
+	if wait, ok := l.try(ActionReads); ok || wait != time.Second {
 		t.Fatalf("with 2 in flight: ok %v wait %s", ok, wait)
 	}
 	// One completes at 1h: it counts from its completion, not admission.
@@ -173,6 +174,70 @@ func TestSlidingWindowWaitRespectsContext(t *testing.T) {
 		if _, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: []Window{bad}}); err == nil {
 			t.Errorf("window %+v accepted", bad)
 		}
+	}
+}
+
+// A wait longer than the context's deadline is refused at once with the
+// predicted wait; one within the deadline is waited out. Delay predicts
+// without taking a slot.
+func TestSlidingWindowWaitPastDeadline(t *testing.T) {
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
+		Windows: []Window{{Limit: 2, Length: time.Minute}, {Limit: 3, Length: time.Hour}}, Margin: -1, Now: clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := l.Delay(ScanActions); d != 0 {
+		t.Fatalf("Delay on an empty limiter = %s", d)
+	}
+	for range 2 {
+		if err := l.Wait(context.Background(), ScanActions); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two in flight fill the minute: at least a minute from now.
+	if d := l.Delay(ScanActions); d != time.Minute {
+		t.Fatalf("Delay with the minute full of calls in flight = %s, want 1m", d)
+	}
+	l.Done(ScanActions)
+	l.Done(ScanActions)
+	clock.Set(20 * time.Second)
+	cases := []struct {
+		name    string
+		timeout time.Duration
+		want    time.Duration
+	}{
+		{"minute window", 30 * time.Second, 40 * time.Second},
+		{"deadline already past", -time.Second, 40 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			defer cancel()
+			err := l.Wait(ctx, ScanActions)
+			var le *LimitError
+			if !errors.As(err, &le) || le.Wait != tc.want || le.Family != ScanActions {
+				t.Fatalf("Wait = %v, want a LimitError of %s", err, tc.want)
+			}
+		})
+	}
+	if d := l.Delay(ScanActions); d != 40*time.Second {
+		t.Fatalf("Delay = %s after refused waits, want 40s (nothing taken)", d)
+	}
+	// The minute passes; the hour window (3) then allows one more call,
+	// and after it the wait is until the first call (done at 0) leaves it.
+	clock.Set(time.Minute)
+	if err := l.Wait(ctxT(t), ScanActions); err != nil {
+		t.Fatalf("Wait after the minute: %v", err)
+	}
+	l.Done(ScanActions)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var le *LimitError
+	if err := l.Wait(ctx, ScanActions); !errors.As(err, &le) || le.Wait != 59*time.Minute {
+		t.Fatalf("Wait = %v, want a LimitError of 59m", err)
 	}
 }
 

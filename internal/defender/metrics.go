@@ -17,7 +17,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scanhook_defender_calls_total",
-			Help: "Defender API calls by operation and outcome (ok or the error kind).",
+			Help: "Defender API calls by operation and outcome (ok, the error kind, or throttled_local when our own rate limit held the call back and nothing was sent).",
 		}, []string{"op", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "scanhook_defender_call_duration_seconds",

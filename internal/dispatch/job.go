@@ -19,10 +19,13 @@ const (
 	outAdopted         = "adopted" // a crashed attempt's action, found and recorded
 	outAlreadyScanning = "already_scanning"
 	outRetry           = "retry"
-	outDead            = "dead"
-	outLeaseLost       = "lease_lost" // someone else holds the job now
-	outAbandoned       = "abandoned"  // stopped mid-attempt; ReleaseJobs hands it back
-	outStoreError      = "store_error"
+	// throttled_local: our own rate limit held the call back; the attempt
+	// was given back and the job rescheduled.
+	outThrottledLocal = "throttled_local"
+	outDead           = "dead"
+	outLeaseLost      = "lease_lost" // someone else holds the job now
+	outAbandoned      = "abandoned"  // stopped mid-attempt; ReleaseJobs hands it back
+	outStoreError     = "store_error"
 )
 
 // adoptSkew widens the creation-time window of the search for a crashed
@@ -86,7 +89,7 @@ func (d *Dispatcher) finish(j store.Job, a attempt) {
 	if a.res.ActionID != "" {
 		attrs = append(attrs, "action_id", a.res.ActionID, "action_status", a.res.ActionStatus)
 	}
-	if a.res.Outcome == store.OutcomeRetry && a.label == outRetry {
+	if a.res.Outcome == store.OutcomeRetry && (a.label == outRetry || a.label == outThrottledLocal) {
 		attrs = append(attrs, "retry_at", a.res.RetryAt)
 	}
 	if a.res.Reason != "" {
@@ -99,6 +102,9 @@ func (d *Dispatcher) finish(j store.Job, a attempt) {
 	switch a.label {
 	case outRetry, outLeaseLost, outAbandoned:
 		level = slog.LevelWarn
+	case outThrottledLocal:
+		// Expected in a storm, and counted in scanhook_jobs_total.
+		level = slog.LevelInfo
 	case outDead, outStoreError:
 		level = slog.LevelError
 	}
@@ -127,8 +133,17 @@ func comment(j store.Job) string {
 
 // attempt decides one claimed job. It calls runAntiVirusScan at most once,
 // and only after MarkCalling succeeded.
-func (d *Dispatcher) attempt(ctx context.Context, j store.Job) attempt {
-	a := attempt{res: store.JobResult{JobID: j.ID, Owner: d.opts.Owner}}
+//
+// settled tracks whether the attempt has proved that no action exists for
+// the job: true from the start only when no earlier attempt was calling,
+// made true by a look-up that finds nothing, and made false by a call whose
+// failure leaves open whether Defender created the action. The store clears
+// the job's calling flag only on that proof (JobResult.NothingCreated), so
+// later attempts spare the ActionReads budget the look-up costs.
+func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
+	a = attempt{res: store.JobResult{JobID: j.ID, Owner: d.opts.Owner}}
+	settled := !j.Calling
+	defer func() { a.res.NothingCreated = settled }()
 	scanType, err := defender.ParseScanType(j.Scan)
 	if err != nil {
 		return d.dead(a, fmt.Errorf("job %d: %w", j.ID, err))
@@ -155,11 +170,13 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) attempt {
 			return d.failed(a, j, fmt.Errorf("looking for the action of an interrupted attempt: %w", err))
 		}
 		if act != nil {
+			settled = false
 			a.res.Outcome = store.OutcomeSubmitted
 			a.res.ActionID, a.res.ActionStatus = act.ID, act.Status
 			a.label = outAdopted
 			return a
 		}
+		settled = true
 	}
 
 	now := d.now()
@@ -187,6 +204,9 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) attempt {
 
 	d.m.scanCalls.Inc()
 	act, err := d.def.RunAntiVirusScan(ctx, machineID, scanType, cmt)
+	// Only a refusal or a call never sent proves nothing was created; a
+	// timeout or a broken connection after sending may hide a new action.
+	settled = settled && defender.NothingCreated(err)
 	switch kind := defender.KindOf(err); {
 	case err == nil:
 		a.res.Outcome = store.OutcomeSubmitted
@@ -269,6 +289,9 @@ func (d *Dispatcher) failed(a attempt, j store.Job, err error) attempt {
 	if errors.As(err, &pe) {
 		return d.dead(a, err)
 	}
+	if defender.IsLocalThrottle(err) {
+		return d.throttledLocally(a, j, err)
+	}
 	switch defender.KindOf(err) {
 	case defender.Canceled:
 		a.label, a.err = outAbandoned, err
@@ -310,6 +333,34 @@ func (d *Dispatcher) retry(a attempt, j store.Job, err error, retryAfter time.Du
 	a.res.RetryAt = at
 	a.res.Err = err.Error()
 	a.label, a.err = outRetry, err
+	return a
+}
+
+// throttledLocally reschedules a job whose attempt our own rate limiter held
+// back. Nothing was sent, so the attempt is given back (it must not bring
+// the job closer to MaxAttempts: an alert storm that spends the hourly
+// budget would otherwise kill acknowledged alerts), and the job comes back
+// when the limiter expects room. MaxAge still applies, but no sooner than
+// it would have: the retry is moved up to the job's last moment rather
+// than the job given up because the wait runs past it.
+func (d *Dispatcher) throttledLocally(a attempt, j store.Job, err error) attempt {
+	now := d.now()
+	deadline := j.CreatedAt.Add(d.opts.MaxAge)
+	if !now.Before(deadline) {
+		return d.dead(a, fmt.Errorf("gave up: job is past max_age %s, held back by the local rate limit: %w", d.opts.MaxAge, err))
+	}
+	delay := defender.RetryAfterOf(err)
+	if delay <= 0 {
+		delay = d.backoff(j.Attempts, 0)
+	}
+	a.res.Outcome = store.OutcomeRetry
+	a.res.NotAttempted = true
+	a.res.RetryAt = now.Add(delay)
+	if a.res.RetryAt.After(deadline) {
+		a.res.RetryAt = deadline
+	}
+	a.res.Err = err.Error()
+	a.label, a.err = outThrottledLocal, err
 	return a
 }
 

@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scanhook_jobs_total",
-			Help: "Scan job attempts by outcome: submitted, adopted (a crashed attempt's action found), already_scanning, retry, dead, lease_lost, abandoned (stopped), store_error.",
+			Help: "Scan job attempts by outcome: submitted, adopted (a crashed attempt's action found), already_scanning, retry, throttled_local (held back by our own rate limit; the attempt is given back), dead, lease_lost, abandoned (stopped), store_error.",
 		}, []string{"outcome"}),
 		attempts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scanhook_dispatch_attempts_total",

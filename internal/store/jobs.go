@@ -265,10 +265,16 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 				open = 0
 			}
 		}
+		refund := 0
+		if r.NotAttempted {
+			refund = 1
+		}
 		res, err := tx.exec(ctx, `UPDATE jobs SET state = ?, open = ?, due_at = ?, lease_owner = NULL, lease_until = NULL,
-				machine_id = CASE WHEN ? = '' THEN machine_id ELSE ? END, action_id = COALESCE(?, action_id), last_error = ?, updated_at = ?
+				machine_id = CASE WHEN ? = '' THEN machine_id ELSE ? END, action_id = COALESCE(?, action_id), last_error = ?, updated_at = ?,
+				attempts = attempts - ?, calling = CASE WHEN ? THEN 0 ELSE calling END
 			WHERE id = ? AND lease_owner = ? AND state IN (?, ?)`,
 			newState, open, dueAt, r.MachineID, r.MachineID, actionID, lastErr, nowUS,
+			refund, r.NothingCreated,
 			r.JobID, r.Owner, JobLeased, JobCalling)
 		if err != nil {
 			return fmt.Errorf("update job: %w", err)
@@ -282,8 +288,13 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		if r.Outcome == OutcomeSubmitted {
 			attemptErr = "action " + r.ActionID + " " + r.ActionStatus
 		}
+		outcome := string(r.Outcome)
+		if r.NotAttempted {
+			// The history shows why the next attempt has the same number.
+			outcome = OutcomeNotAttempted
+		}
 		if _, err := tx.exec(ctx, `INSERT INTO job_attempts (job_id, attempt, at, owner, outcome, error) VALUES (?, ?, ?, ?, ?, ?)`,
-			r.JobID, attempts, nowUS, r.Owner, string(r.Outcome), attemptErr); err != nil {
+			r.JobID, attempts, nowUS, r.Owner, outcome, attemptErr); err != nil {
 			return fmt.Errorf("record attempt: %w", err)
 		}
 		if requested {
@@ -320,6 +331,9 @@ func validateResult(r JobResult) error {
 	case OutcomeAlreadyScanning, OutcomeRetry, OutcomeDead:
 	default:
 		return fmt.Errorf("outcome: %q is not submitted, already_scanning, retry or dead", r.Outcome)
+	}
+	if r.NotAttempted && r.Outcome != OutcomeRetry {
+		return fmt.Errorf("not_attempted: only a retry can give its attempt back, not %s", r.Outcome)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -480,6 +481,96 @@ func TestStatsEmpty(t *testing.T) {
 		st, err := b.open(t).Stats(context.Background())
 		if err != nil || st.QueueDepth != 0 || st.OldestDue != 0 || st.OpenActions != 0 || len(st.JobsByState) != 0 {
 			t.Errorf("empty stats = %+v, %v", st, err)
+		}
+	})
+}
+
+// NotAttempted gives the claim's attempt back; NothingCreated clears the
+// calling flag, which is otherwise kept across retries.
+func TestCompleteJobRefundAndCalling(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		s := b.open(t)
+		ctx := context.Background()
+		res := mustIngest(t, s, delivery(alertIn("nc", quick(dev(machine(7), "")))))
+		jobID := one(t, res).JobID
+		retry := func(r JobResult) {
+			t.Helper()
+			r.JobID, r.Owner, r.Outcome = jobID, "A", OutcomeRetry
+			if r.RetryAt.IsZero() {
+				r.RetryAt = b.clock.Now()
+			}
+			if err := s.CompleteJob(ctx, r); err != nil {
+				t.Fatalf("CompleteJob(%+v): %v", r, err)
+			}
+		}
+		claim := func() Job {
+			t.Helper()
+			got := claimAll(t, s, "A")
+			if len(got) != 1 {
+				t.Fatalf("claimed %d jobs, want 1", len(got))
+			}
+			return got[0]
+		}
+
+		// Held back by the local rate limit, twice: still the first attempt.
+		for range 2 {
+			if j := claim(); j.Attempts != 1 {
+				t.Fatalf("attempts = %d, want 1", j.Attempts)
+			}
+			retry(JobResult{NotAttempted: true, NothingCreated: true, RetryAt: b.clock.Now().Add(time.Hour), Err: "local rate limit"})
+			if got := claimAll(t, s, "A"); len(got) != 0 {
+				t.Fatalf("claimed before its retry time: %+v", got)
+			}
+			b.clock.Advance(time.Hour)
+		}
+
+		// A call with an unknown end keeps calling set.
+		j := claim()
+		if j.Attempts != 1 || j.Calling {
+			t.Fatalf("job = %+v, want attempt 1, not calling", j)
+		}
+		if err := s.MarkCalling(ctx, jobID, "A"); err != nil {
+			t.Fatal(err)
+		}
+		retry(JobResult{Err: "timeout after sending"})
+		j = claim()
+		if j.Attempts != 2 || !j.Calling {
+			t.Fatalf("job = %+v, want attempt 2, calling", j)
+		}
+		// A refund without proof (the look-up itself was held back) keeps
+		// it too.
+		retry(JobResult{NotAttempted: true, Err: "local rate limit on the look-up"})
+		j = claim()
+		if j.Attempts != 2 || !j.Calling {
+			t.Fatalf("job = %+v, want attempt 2, still calling", j)
+		}
+		// Looked up, called again, answered 429: nothing exists.
+		if err := s.MarkCalling(ctx, jobID, "A"); err != nil {
+			t.Fatal(err)
+		}
+		retry(JobResult{NothingCreated: true, Err: "HTTP 429"})
+		j = claim()
+		if j.Attempts != 3 || j.Calling {
+			t.Fatalf("job = %+v, want attempt 3, calling cleared", j)
+		}
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeDead, NotAttempted: true, Err: "x"}); err == nil || !strings.Contains(err.Error(), "not_attempted") {
+			t.Errorf("NotAttempted with dead = %v, want a not_attempted error", err)
+		}
+
+		r, err := s.Receipt(ctx, res.Receipt)
+		if err != nil || len(r.Jobs) != 1 {
+			t.Fatalf("Receipt = %+v, %v", r, err)
+		}
+		var got []string
+		for _, h := range r.Jobs[0].History {
+			got = append(got, fmt.Sprintf("%d %s", h.Attempt, h.Outcome))
+		}
+		want := []string{"1 not_attempted", "1 not_attempted", "1 retry", "2 not_attempted", "2 retry"}
+		if !slices.Equal(got, want) {
+			t.Errorf("history = %v, want %v", got, want)
+		}
+		if r.Jobs[0].Attempts != 3 {
+			t.Errorf("attempts = %d, want 3", r.Jobs[0].Attempts)
 		}
 	})
 }

@@ -87,6 +87,11 @@ const (
 	OutcomeDead            Outcome = "dead"
 )
 
+// OutcomeNotAttempted is the history entry (JobDetail.History) of a retry
+// whose attempt was given back (JobResult.NotAttempted); not an Outcome to
+// pass to CompleteJob.
+const OutcomeNotAttempted = "not_attempted"
+
 // Defender MachineAction statuses; the last four are final.
 const (
 	ActionPending    = "Pending"
@@ -232,6 +237,16 @@ type JobResult struct {
 	RetryAt time.Time
 	// Err is the attempt's error (Retry, Dead).
 	Err string
+	// NotAttempted gives the attempt back: ClaimJobs counted it, but
+	// Defender was never asked (scanhook's own rate limit held the call),
+	// so it must not bring the job closer to max_attempts. Retry only.
+	NotAttempted bool
+	// NothingCreated says the attempt proved that no Defender action exists
+	// for the job: every call that could have created one (this attempt's,
+	// and a crashed earlier one's, looked up first) was answered with a
+	// refusal or never sent. The job's calling flag is then cleared, so the
+	// next attempt skips the look-up. Leave it false whenever in doubt.
+	NothingCreated bool
 }
 
 // Action is a Defender machine action scanhook tracks.
