@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -28,6 +28,8 @@ import (
 	"github.com/scanhook/scanhook/internal/store"
 	"github.com/scanhook/scanhook/rules"
 )
+
+type lockedBuffer = testutil.SyncBuffer
 
 const testRules = `
 defaults:
@@ -80,24 +82,6 @@ func newClock() *clock {
 	return c
 }
 func (c *clock) Now() time.Time { return time.Unix(0, c.ns.Load()) }
-
-// lockedBuffer collects log output written from server goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // holder is a Rules whose ruleset a test may swap.
 type holder struct{ rs atomic.Pointer[rules.Ruleset] }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +20,8 @@ import (
 	"github.com/scanhook/scanhook/internal/defendersim"
 )
 
+type lockedBuffer = testutil.SyncBuffer
+
 // server is a scanhook serve process under test.
 type server struct {
 	cmd    *exec.Cmd
@@ -27,24 +30,7 @@ type server struct {
 	done   chan struct{}
 }
 
-type lockedBuffer struct {
-	mu  chan struct{}
-	buf bytes.Buffer
-}
-
-func newLockedBuffer() *lockedBuffer { return &lockedBuffer{mu: make(chan struct{}, 1)} }
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu <- struct{}{}
-	defer func() { <-b.mu }()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu <- struct{}{}
-	defer func() { <-b.mu }()
-	return b.buf.String()
-}
+func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
 
 func startServer(t *testing.T, env []string, args ...string) *server {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
 )
+
+type syncWriter = testutil.SyncBuffer
 
 // testService is the whole service (the same runService as `serve`) running
 // in-process against a simulator, on a real listener.
@@ -93,7 +96,7 @@ log:
 	t.Cleanup(func() {
 		svc.stop(t)
 		if t.Failed() {
-			t.Logf("service log (tail):\n%s", svc.logs.tail(6000))
+			t.Logf("service log (tail):\n%s", svc.logs.Tail(6000))
 		}
 	})
 	return svc
@@ -131,30 +134,4 @@ func (s *testService) do(t *testing.T, method, path, contentType string, body []
 		}
 	}
 	return resp.StatusCode
-}
-
-// syncWriter collects the service's log lines from its goroutines.
-type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func (s *syncWriter) tail(n int) string {
-	out := s.String()
-	if len(out) > n {
-		return out[len(out)-n:]
-	}
-	return out
 }

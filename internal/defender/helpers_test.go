@@ -1,13 +1,12 @@
 package defender
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,8 @@ import (
 	"github.com/scanhook/scanhook/internal/defendersim"
 )
 
+type syncBuffer = testutil.SyncBuffer
+
 // env is a simulator and a client wired to it over real TLS, with the real
 // azidentity ClientSecretCredential.
 type env struct {
@@ -23,23 +24,6 @@ type env struct {
 	client *Client
 	reg    *prometheus.Registry
 	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // noLimit lets every call through, so tests can make the simulator throttle.

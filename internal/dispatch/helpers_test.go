@@ -1,11 +1,11 @@
 package dispatch
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -24,43 +24,11 @@ import (
 	"github.com/scanhook/scanhook/internal/store"
 )
 
-// fakeClock is shared by the store, the simulator, the client and the
-// dispatcher when a test needs to move time (Retry-After, leases, age).
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type fakeClock = testutil.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Now().UTC().Truncate(time.Second)} }
+type syncBuffer = testutil.SyncBuffer
 
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+func newFakeClock() *fakeClock { return testutil.NewClock() }
 
 // noLimit lets every call through so that the simulator does the throttling.
 type noLimit struct{}
