@@ -92,12 +92,17 @@ type Log struct {
 	Level string `yaml:"level"`
 }
 
+// DefaultSQLiteDSN is the SQLite file when store.dsn is not set.
+const DefaultSQLiteDSN = "/var/lib/scanhook/scanhook.db"
+
 // Defaults returns the configuration used for every key a file leaves out.
 func Defaults() Config {
 	return Config{
 		Listen: ":8080",
 		Rules:  "/etc/scanhook/rules.yaml",
-		Store:  Store{Driver: "sqlite", DSN: "/var/lib/scanhook/scanhook.db"},
+		// The SQLite file's default is applied after decoding (see
+		// DefaultSQLiteDSN): a PostgreSQL config must not inherit it.
+		Store: Store{Driver: "sqlite"},
 		Defender: defender.Config{
 			Cloud:      defender.CloudCommercial,
 			Credential: defender.CredentialDefault,
@@ -116,12 +121,14 @@ func Defaults() Config {
 			IngestBurst:     5000,
 		},
 		Dispatch: Dispatch{
-			Workers:      4,
-			MaxAttempts:  12,
-			MaxAge:       24 * time.Hour,
-			BackoffBase:  2 * time.Second,
-			BackoffMax:   10 * time.Minute,
-			Lease:        2 * time.Minute,
+			Workers:     4,
+			MaxAttempts: 12,
+			MaxAge:      24 * time.Hour,
+			BackoffBase: 2 * time.Second,
+			BackoffMax:  10 * time.Minute,
+			// A dead replica's claimed jobs resume after this; an attempt
+			// must end within half of it.
+			Lease:        30 * time.Second,
 			PollInterval: 15 * time.Second,
 		},
 		Log: Log{Level: "info"},
@@ -155,6 +162,9 @@ func Parse(path string, data []byte) (*Config, error) {
 		}
 	}
 	cfg.File = path
+	if cfg.Store.Driver == "sqlite" && cfg.Store.DSN == "" && cfg.Store.DSNFile == "" {
+		cfg.Store.DSN = DefaultSQLiteDSN
+	}
 	v := validator{file: path, root: root}
 	v.check(&cfg)
 	if err := v.errs.Err(); err != nil {

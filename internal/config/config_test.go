@@ -68,6 +68,30 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
+func TestStoreDefaults(t *testing.T) {
+	tests := []struct {
+		name, in    string
+		driver, dsn string
+		dsnFile     string
+	}{
+		{"empty file: SQLite at the default path", "", "sqlite", DefaultSQLiteDSN, ""},
+		{"postgres with dsn_file inherits no SQLite path", "store: {driver: postgres, dsn_file: /run/secrets/dsn}\n", "postgres", "", "/run/secrets/dsn"},
+		{"postgres from the environment", "store: {driver: postgres}\n", "postgres", "", ""},
+		{"sqlite elsewhere", "store: {dsn: /data/s.db}\n", "sqlite", "/data/s.db", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("/etc/c.yaml", []byte(tt.in))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if cfg.Store.Driver != tt.driver || cfg.Store.DSN != tt.dsn || cfg.Store.DSNFile != tt.dsnFile {
+				t.Fatalf("store %+v, want driver %q dsn %q dsn_file %q", cfg.Store, tt.driver, tt.dsn, tt.dsnFile)
+			}
+		})
+	}
+}
+
 func TestParseEmptyFileGivesDefaults(t *testing.T) {
 	cfg, err := Parse("c.yaml", []byte(""))
 	if err != nil {
