@@ -25,6 +25,7 @@ import (
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/dispatch"
+	"github.com/scanhook/scanhook/internal/pglimit"
 	"github.com/scanhook/scanhook/internal/reload"
 	"github.com/scanhook/scanhook/internal/store"
 	"github.com/scanhook/scanhook/rules"
@@ -114,18 +115,44 @@ func runService(ctx context.Context, cfg *config.Config, env Env, hooks serviceH
 	}
 	defer st.Close()
 
+	// On PostgreSQL several replicas may run: Defender's limits belong to
+	// the application, so they share one limiter and one poll turn there.
+	limiter := hooks.Limiter
+	var pollTurn dispatch.PollTurn
+	if cfg.Store.Driver == "postgres" && limiter == nil {
+		pl, err := pglimit.Open(ctx, dsn, pglimit.Options{
+			Windows: []defender.Window{
+				{Limit: cfg.Defender.RateLimit.PerMinute, Length: time.Minute},
+				{Limit: cfg.Defender.RateLimit.PerHour, Length: time.Hour},
+			},
+			Logger: logger,
+		})
+		if err != nil {
+			return fmt.Errorf("shared Defender rate limiter: %w", err)
+		}
+		defer pl.Close()
+		limiter = pl
+		pollTurn = func(ctx context.Context) (<-chan struct{}, func(), bool, error) {
+			turn, ok, err := pl.PollTurn(ctx)
+			if err != nil || !ok {
+				return nil, nil, false, err
+			}
+			return turn.Done(), turn.Release, true, nil
+		}
+	}
+
 	holder, err := reload.New(cfg.Rules, rules.Options{}, logger, reg)
 	if err != nil {
 		return fmt.Errorf("load rules:\n%w", err)
 	}
 	client, err := defender.New(cfg.Defender, defender.Deps{
-		Logger: logger, Registerer: reg, Transport: hooks.Transport, Limiter: hooks.Limiter,
+		Logger: logger, Registerer: reg, Transport: hooks.Transport, Limiter: limiter,
 		Getenv: env.Getenv, ReadFile: env.ReadFile,
 	})
 	if err != nil {
 		return fmt.Errorf("defender client: %w", err)
 	}
-	disp, err := dispatch.New(dispatch.Deps{Store: st, Defender: client, Logger: logger, Registerer: reg},
+	disp, err := dispatch.New(dispatch.Deps{Store: st, Defender: client, PollTurn: pollTurn, Logger: logger, Registerer: reg},
 		dispatch.FromConfig(cfg.Dispatch, cfg.Defender.DryRun, dispatch.DefaultOwner()))
 	if err != nil {
 		return fmt.Errorf("dispatcher: %w", err)
@@ -135,16 +162,16 @@ func runService(ctx context.Context, cfg *config.Config, env Env, hooks serviceH
 	for name, sec := range secrets {
 		sources[name] = handlers.Source{Secrets: sec, Alert: cfg.AlertOptions()}
 	}
-	var limiter *rate.Limiter
+	var ingestLimiter *rate.Limiter
 	if cfg.Server.IngestPerSecond > 0 {
-		limiter = rate.NewLimiter(rate.Limit(cfg.Server.IngestPerSecond), cfg.Server.IngestBurst)
+		ingestLimiter = rate.NewLimiter(rate.Limit(cfg.Server.IngestPerSecond), cfg.Server.IngestBurst)
 	}
 	h, err := handlers.New(handlers.Deps{
 		Logger: logger, Registerer: reg, Gatherer: reg,
 		Store:   kickingStore{Store: st, kick: disp.Kick},
 		Rules:   holder,
 		Sources: sources, DryRun: cfg.Defender.DryRun,
-		MaxBodyBytes: cfg.Server.MaxBodyBytes, IngestLimiter: limiter,
+		MaxBodyBytes: cfg.Server.MaxBodyBytes, IngestLimiter: ingestLimiter,
 	})
 	if err != nil {
 		return fmt.Errorf("http handlers: %w", err)

@@ -49,10 +49,20 @@ type Defender interface {
 	ListActions(ctx context.Context, filter defender.ActionFilter) ([]defender.MachineAction, error)
 }
 
+// PollTurn asks whether this replica may poll action status now. ok false
+// means another replica holds the turn. A granted turn lasts until lost
+// closes (the replica's hold on it broke) or release is called. Several
+// replicas on one database share a turn so that each open action is polled
+// once per interval, not once per replica.
+type PollTurn func(ctx context.Context) (lost <-chan struct{}, release func(), ok bool, err error)
+
 // Deps are the dispatcher's collaborators. Store and Defender are required.
 type Deps struct {
 	Store    Store
 	Defender Defender
+	// PollTurn, when set, gates status polling (several replicas); nil
+	// means this process always polls.
+	PollTurn PollTurn
 	Logger   *slog.Logger
 	// Registerer receives the dispatcher's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -218,6 +228,7 @@ func (o *Options) fill() error {
 type Dispatcher struct {
 	st   Store
 	def  Defender
+	turn PollTurn
 	log  *slog.Logger
 	now  func() time.Time
 	rnd  func() float64
@@ -258,6 +269,7 @@ func New(deps Deps, opts Options) (*Dispatcher, error) {
 	return &Dispatcher{
 		st:       deps.Store,
 		def:      deps.Defender,
+		turn:     deps.PollTurn,
 		log:      deps.Logger.With("component", "dispatch"),
 		now:      deps.Now,
 		rnd:      deps.Rand,
@@ -436,11 +448,45 @@ func (d *Dispatcher) statsLoop(ctx context.Context) {
 func (d *Dispatcher) pollLoop(ctx context.Context) {
 	t := time.NewTicker(d.opts.PollInterval)
 	defer t.Stop()
+	var (
+		lost    <-chan struct{}
+		release func()
+	)
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if d.turn != nil {
+			if release != nil {
+				select {
+				case <-lost:
+					d.log.Warn("lost the poll turn; another replica may take it")
+					release()
+					release, lost = nil, nil
+				default:
+				}
+			}
+			if release == nil {
+				l, r, ok, err := d.turn(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						d.log.Warn("asking for the poll turn failed", "error", err.Error())
+					}
+					continue
+				}
+				if !ok {
+					continue
+				}
+				lost, release = l, r
+				d.log.Info("took the poll turn")
+			}
 		}
 		if _, err := d.pollOnce(ctx); err != nil && ctx.Err() == nil {
 			d.log.Warn("polling actions failed", "error", err.Error())

@@ -46,6 +46,8 @@ type env struct {
 	seq    int
 	// wrap, when set, wraps the store the dispatcher is given.
 	wrap func(Store) Store
+	// turn, when set, gates the dispatcher's polling.
+	turn PollTurn
 }
 
 type envOpts struct {
@@ -140,6 +142,7 @@ func (e *env) dispatcher(t testing.TB, opts Options) *Dispatcher {
 	d, err := New(Deps{
 		Store:      st,
 		Defender:   e.client,
+		PollTurn:   e.turn,
 		Logger:     slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Registerer: e.reg,
 		Now:        e.now,
