@@ -25,7 +25,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "scanhook")
-	build := exec.Command("go", "build", "-o", binary, ".")
+	// Built the way the Dockerfile builds it (static, trimmed paths), which
+	// also lets the image test in deploy/ reuse these compiled packages.
+	build := exec.Command("go", "build", "-trimpath", "-o", binary, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build scanhook:", err)
