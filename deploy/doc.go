@@ -3,5 +3,5 @@
 // the Helm chart in charts/scanhook (linted and rendered with the real helm
 // CLI, every manifest decoded strictly into its Kubernetes type, the rendered
 // config and rules run through scanhook's own loaders), and the sender
-// examples in docs/connect-sources.md (each body fed to the real decoder).
+// examples in the README's "Connect your alert sources" (each body fed to the real decoder).
 package deploy

@@ -18,7 +18,9 @@ import (
 	"github.com/scanhook/scanhook/internal/config"
 )
 
-const connectDoc = "../docs/connect-sources.md"
+// The README holds the sender examples and the deploy walk-through; the
+// tests read them there so what users copy is what is tested.
+const connectDoc = "../README.md"
 
 var exampleMarker = regexp.MustCompile(`<!-- example:([a-z0-9-]+):begin -->`)
 
@@ -177,7 +179,7 @@ func TestConnectSourcesExamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := config.Parse("connect-sources.md", data)
+		cfg, err := config.Parse("README.md", data)
 		if err != nil {
 			t.Fatalf("the documented config.sources is refused: %v", err)
 		}
@@ -457,12 +459,12 @@ func renderMustache(t *testing.T, tmpl string, ctx []byte) []byte {
 	}))
 }
 
-// TestDeployDocValues renders each values file docs/deploy.md shows with the
+// TestDeployDocValues renders each values file the README's Deploy section shows with the
 // real chart, so the documented install is one the chart accepts and whose
 // config scanhook loads.
 func TestDeployDocValues(t *testing.T) {
 	t.Parallel()
-	const file = "../docs/deploy.md"
+	const file = "../README.md"
 	doc := readText(t, file)
 	for _, c := range []struct {
 		name  string
