@@ -84,6 +84,10 @@ type Deps struct {
 	MaxBodyBytes int64
 	// IngestLimiter bounds accepted webhook deliveries (nil: no limit).
 	IngestLimiter *rate.Limiter
+	// MaxInFlight bounds webhook deliveries being handled at once (0: the
+	// config default); beyond it a delivery gets 429 before its body is
+	// read, so senders that outrun the store cannot pile up memory.
+	MaxInFlight int
 	// Now is the clock (nil: time.Now); signatures are checked against it.
 	Now func() time.Time
 }
@@ -106,6 +110,7 @@ type api struct {
 	dryRun     bool
 	maxBody    int64
 	limiter    *rate.Limiter
+	inFlight   chan struct{}
 	now        func() time.Time
 	metrics    *metrics
 	replay     *replayCache
@@ -147,20 +152,27 @@ func New(deps Deps) (*echo.Echo, error) {
 	if deps.Registerer == nil || deps.Gatherer == nil {
 		return nil, errors.New("handlers: set both Registerer and Gatherer, or neither")
 	}
+	if deps.MaxInFlight == 0 {
+		deps.MaxInFlight = config.Defaults().Server.MaxInFlight
+	}
+	if deps.MaxInFlight < 0 {
+		return nil, fmt.Errorf("handlers: MaxInFlight %d is negative", deps.MaxInFlight)
+	}
 	if len(deps.APIToken) > 0 && len(deps.APIToken) < 16 {
 		return nil, errors.New("handlers: APIToken is shorter than 16 characters")
 	}
 
 	a := &api{
-		log:     deps.Logger,
-		store:   deps.Store,
-		rules:   deps.Rules,
-		sources: make(map[string]*source, len(deps.Sources)),
-		dryRun:  deps.DryRun,
-		maxBody: deps.MaxBodyBytes,
-		limiter: deps.IngestLimiter,
-		now:     deps.Now,
-		replay:  newReplayCache(maxReplayEntries),
+		log:      deps.Logger,
+		store:    deps.Store,
+		rules:    deps.Rules,
+		sources:  make(map[string]*source, len(deps.Sources)),
+		dryRun:   deps.DryRun,
+		maxBody:  deps.MaxBodyBytes,
+		limiter:  deps.IngestLimiter,
+		inFlight: make(chan struct{}, deps.MaxInFlight),
+		now:      deps.Now,
+		replay:   newReplayCache(maxReplayEntries),
 	}
 	if len(deps.APIToken) > 0 {
 		a.readTokens = append(a.readTokens, sha256.Sum256(deps.APIToken))

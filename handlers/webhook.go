@@ -204,6 +204,14 @@ func (a *api) currentRules() (*rules.Ruleset, error) {
 // webhook is POST /v1/webhooks/{source}: the alert is durable in the store
 // before the 202.
 func (a *api) webhook(c *echo.Context) error {
+	select {
+	case a.inFlight <- struct{}{}:
+		defer func() { <-a.inFlight }()
+	default:
+		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
+			Detail: "too many deliveries are being handled; retry after the time in Retry-After",
+			Reason: reasonRateLimited, RetryAfter: time.Second}
+	}
 	src, alerts, done, err := a.decodeRequest(c, true)
 	accepted := false
 	defer func() { done(accepted) }()

@@ -466,3 +466,46 @@ func TestEmptyAlertList(t *testing.T) {
 		t.Errorf("response %s", r.body)
 	}
 }
+
+// blockingStore holds every Ingest until released, keeping deliveries in
+// flight.
+type blockingStore struct {
+	Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingStore) Ingest(ctx context.Context, d store.Delivery) (store.IngestResult, error) {
+	b.entered <- struct{}{}
+	<-b.release
+	return b.Store.Ingest(ctx, d)
+}
+
+func TestMaxInFlight(t *testing.T) {
+	bs := &blockingStore{Store: openStore(t), entered: make(chan struct{}, 4), release: make(chan struct{})}
+	e := newEnv(t, withStore(bs), func(d *Deps) { d.MaxInFlight = 2 })
+	s := samples(t)
+	results := make(chan resp, 2)
+	for _, src := range []string{alert.SourceDefender, alert.SourceGraph} {
+		go func() { results <- e.post("/v1/webhooks/"+src, s[src], bearer(src)) }()
+	}
+	<-bs.entered
+	<-bs.entered
+	// Both slots are taken: a third delivery is refused before its body is
+	// read, with a Retry-After, instead of queueing in memory.
+	r := e.post("/v1/webhooks/sentinel", s[alert.SourceSentinel], bearer("sentinel"))
+	problemBody(t, r, http.StatusTooManyRequests, TypeRateLimited)
+	if r.header.Get("Retry-After") == "" {
+		t.Error("no Retry-After on the 429")
+	}
+	close(bs.release)
+	for range 2 {
+		if r := <-results; r.status != http.StatusAccepted {
+			t.Fatalf("an in-flight delivery got %d %s", r.status, r.body)
+		}
+	}
+	// The slots are free again.
+	if r := e.post("/v1/webhooks/sentinel", s[alert.SourceSentinel], bearer("sentinel")); r.status != http.StatusAccepted {
+		t.Fatalf("after release: %d %s", r.status, r.body)
+	}
+}

@@ -172,6 +172,7 @@ func runService(ctx context.Context, cfg *config.Config, env Env, hooks serviceH
 		Rules:   holder,
 		Sources: sources, DryRun: cfg.Defender.DryRun,
 		MaxBodyBytes: cfg.Server.MaxBodyBytes, IngestLimiter: ingestLimiter,
+		MaxInFlight: cfg.Server.MaxInFlight,
 	})
 	if err != nil {
 		return fmt.Errorf("http handlers: %w", err)

@@ -74,6 +74,9 @@ type Server struct {
 	// 0 per second disables the limiter.
 	IngestPerSecond float64 `yaml:"ingest_per_second"`
 	IngestBurst     int     `yaml:"ingest_burst"`
+	// MaxInFlight bounds webhook deliveries handled at once (429 beyond),
+	// which bounds memory when senders outrun the store.
+	MaxInFlight int `yaml:"max_in_flight"`
 }
 
 // Dispatch tunes how jobs reach Defender.
@@ -119,6 +122,7 @@ func Defaults() Config {
 			// only cuts in for floods that would otherwise queue in memory.
 			IngestPerSecond: 5000,
 			IngestBurst:     5000,
+			MaxInFlight:     256,
 		},
 		Dispatch: Dispatch{
 			Workers:     4,
@@ -269,6 +273,9 @@ func (v *validator) check(c *Config) {
 	}
 	if c.Server.MaxBodyBytes <= 0 {
 		v.errorf([]string{"server", "max_body_bytes"}, "server.max_body_bytes: must be positive")
+	}
+	if c.Server.MaxInFlight < 1 {
+		v.errorf([]string{"server", "max_in_flight"}, "server.max_in_flight: must be at least 1")
 	}
 	if c.Server.IngestPerSecond < 0 || c.Server.IngestBurst < 0 {
 		v.errorf([]string{"server"}, "server: ingest_per_second and ingest_burst must not be negative")
