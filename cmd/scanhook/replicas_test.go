@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/scanhook/scanhook/internal/defendersim"
 )
 
 // postgresDSN returns the test database, skipping (or, in CI, failing)
@@ -81,52 +78,15 @@ func TestReplicas(t *testing.T) {
 		alerts   = 10000
 		devices  = 100 // Defender's 100 calls a minute: all fit in the first minute
 	)
-	machines := defendersim.GenerateMachines(devices)
-	sim, err := defendersim.New(defendersim.Options{Machines: machines, PendingFor: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-
-	dir := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(sim.WriteCAFile(filepath.Join(dir, "ca.pem")))
-	must(os.WriteFile(filepath.Join(dir, "secret"), []byte(defendersim.DefaultClientSecret), 0o600))
-	must(os.WriteFile(filepath.Join(dir, "dsn"), []byte(dsn), 0o600))
-	const token = "replica-test-token-0123456789"
-	must(os.WriteFile(filepath.Join(dir, "token"), []byte(token), 0o600))
-	must(os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules:\n  - name: all\n    scan: Quick\n"), 0o600))
-	cfgPath := filepath.Join(dir, "config.yaml")
-	must(os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: 127.0.0.1:0
-rules: rules.yaml
-store: {driver: postgres, dsn_file: dsn}
-defender:
-  api_url: %[1]s
-  authority_host: %[1]s/
-  credential: client-secret
-  tenant_id: %[2]s
-  client_id: %[3]s
-  client_secret_file: secret
-sources:
-  defender:
-    auth: {bearer_token_file: token}
-server:
+	be := newBinaryEnv(t, devices, "{driver: postgres, dsn_file: dsn}", "", `server:
   ingest_per_second: 0
 dispatch:
   lease: 6s
   poll_interval: 1s
 log:
   level: warn
-`, sim.URL(), defendersim.DefaultTenantID, defendersim.DefaultClientID)), 0o600))
-	env := []string{"SSL_CERT_FILE=" + filepath.Join(dir, "ca.pem")}
+`, map[string]string{"dsn": dsn})
+	sim, machines, cfgPath, env, token := be.sim, be.machines, be.cfgPath, be.env, be.token
 
 	// Log level warn hides the "serving" line: each replica gets --listen
 	// on a port chosen here.

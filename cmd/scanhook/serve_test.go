@@ -195,12 +195,25 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-// TestCrashSafety posts alerts while Defender is down, kills the service
-// with SIGKILL, restarts it with Defender back, and checks that every
-// acknowledged alert's scan is requested exactly once.
-func TestCrashSafety(t *testing.T) {
-	const devices = 40
-	machines := defendersim.GenerateMachines(devices)
+// binaryEnv is a simulator and a config folder for running the built
+// binary against it: CA, client secret, webhook token and a rule that scans
+// every device Quick.
+type binaryEnv struct {
+	sim      *defendersim.Server
+	dir      string
+	cfgPath  string
+	token    string
+	env      []string // SSL_CERT_FILE trusting the simulator
+	machines []defendersim.Machine
+}
+
+// newBinaryEnv starts a simulator with n machines whose scans stay pending,
+// and writes a config whose store, defender extras and tail are given:
+// store is the `store:` value, extra is appended YAML (indented keys of
+// defender first, then other top-level sections).
+func newBinaryEnv(t *testing.T, n int, store, defenderExtra, extra string, files map[string]string) *binaryEnv {
+	t.Helper()
+	machines := defendersim.GenerateMachines(n)
 	sim, err := defendersim.New(defendersim.Options{Machines: machines, PendingFor: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -209,22 +222,18 @@ func TestCrashSafety(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sim.Close() })
-
-	dir := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
+	e := &binaryEnv{sim: sim, dir: t.TempDir(), token: "binary-test-token-0123456789", machines: machines}
+	if err := sim.WriteCAFile(filepath.Join(e.dir, "ca.pem")); err != nil {
+		t.Fatal(err)
 	}
-	must(sim.WriteCAFile(filepath.Join(dir, "ca.pem")))
-	must(os.WriteFile(filepath.Join(dir, "secret"), []byte(defendersim.DefaultClientSecret), 0o600))
-	const token = "crash-test-token-0123456789"
-	must(os.WriteFile(filepath.Join(dir, "token"), []byte(token), 0o600))
-	must(os.WriteFile(filepath.Join(dir, "rules.yaml"), []byte("rules:\n  - name: all\n    scan: Quick\n"), 0o600))
-	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+	e.env = []string{"SSL_CERT_FILE=" + filepath.Join(e.dir, "ca.pem")}
+	all := map[string]string{
+		"secret":     defendersim.DefaultClientSecret,
+		"token":      e.token,
+		"rules.yaml": "rules:\n  - name: all\n    scan: Quick\n",
+		"config.yaml": fmt.Sprintf(`listen: 127.0.0.1:0
 rules: rules.yaml
-store: {driver: sqlite, dsn: scanhook.db}
+store: %[4]s
 defender:
   api_url: %[1]s
   authority_host: %[1]s/
@@ -232,20 +241,36 @@ defender:
   tenant_id: %[2]s
   client_id: %[3]s
   client_secret_file: secret
-  timeout: 1s
-sources:
+%[5]ssources:
   defender:
     auth: {bearer_token_file: token}
-dispatch:
+%[6]s`, sim.URL(), defendersim.DefaultTenantID, defendersim.DefaultClientID, store, defenderExtra, extra),
+	}
+	for name, content := range files {
+		all[name] = content
+	}
+	for name, content := range all {
+		if err := os.WriteFile(filepath.Join(e.dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.cfgPath = filepath.Join(e.dir, "config.yaml")
+	return e
+}
+
+// TestCrashSafety posts alerts while Defender is down, kills the service
+// with SIGKILL, restarts it with Defender back, and checks that every
+// acknowledged alert's scan is requested exactly once.
+func TestCrashSafety(t *testing.T) {
+	const devices = 40
+	be := newBinaryEnv(t, devices, "{driver: sqlite, dsn: scanhook.db}", "  timeout: 1s\n", `dispatch:
   # Jobs the killed process had claimed come back when their lease ends.
   lease: 4s
   backoff_base: 100ms
   backoff_max: 500ms
   poll_interval: 1s
-`, sim.URL(), defendersim.DefaultTenantID, defendersim.DefaultClientID)
-	cfgPath := filepath.Join(dir, "config.yaml")
-	must(os.WriteFile(cfgPath, []byte(cfg), 0o600))
-	env := []string{"SSL_CERT_FILE=" + filepath.Join(dir, "ca.pem")}
+`, nil)
+	sim, machines, cfgPath, env, token := be.sim, be.machines, be.cfgPath, be.env, be.token
 
 	listenRe := regexp.MustCompile(`"msg":"scanhook serving","addr":"([^"]+)"`)
 	start := func() (*server, string) {
