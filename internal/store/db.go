@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -35,9 +36,10 @@ type sqlStore struct {
 	pg     bool
 	log    *slog.Logger
 	now    func() time.Time
-	db     *sql.DB // PostgreSQL: everything. SQLite: reads.
-	wdb    *sql.DB // SQLite only: the single write connection.
-	writer *writer // SQLite only.
+	db     *sql.DB       // PostgreSQL: everything. SQLite: reads.
+	wdb    *sql.DB       // SQLite only: the single write connection.
+	writer *writer       // SQLite only.
+	ckpt   *checkpointer // SQLite only; nil when checkpointConfig.off.
 	once   sync.Once
 }
 
@@ -45,6 +47,15 @@ type sqlStore struct {
 // migrations. driver is "sqlite" (dsn: a file path or a "file:" URI) or
 // "postgres" (dsn: a pgx connection string).
 func Open(ctx context.Context, driver, dsn string, deps Deps) (Store, error) {
+	s, err := open(ctx, driver, dsn, deps, defaultCheckpointConfig())
+	if err != nil {
+		// Not a typed nil in the interface.
+		return nil, err
+	}
+	return s, nil
+}
+
+func open(ctx context.Context, driver, dsn string, deps Deps, ckpt checkpointConfig) (*sqlStore, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -54,7 +65,7 @@ func Open(ctx context.Context, driver, dsn string, deps Deps) (Store, error) {
 	s := &sqlStore{log: deps.Logger, now: deps.Now}
 	switch driver {
 	case "sqlite":
-		if err := s.openSQLite(ctx, dsn); err != nil {
+		if err := s.openSQLite(ctx, dsn, ckpt); err != nil {
 			return nil, err
 		}
 	case "postgres":
@@ -68,7 +79,16 @@ func Open(ctx context.Context, driver, dsn string, deps Deps) (Store, error) {
 	return s, nil
 }
 
-func sqliteDSN(dsn string, write bool) (string, error) {
+// sqliteRole is what a connection pool is for.
+type sqliteRole int
+
+const (
+	roleWriter sqliteRole = iota
+	roleReader
+	roleCheckpointer
+)
+
+func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, error) {
 	if dsn == "" {
 		return "", errors.New("store dsn: empty SQLite file path")
 	}
@@ -87,18 +107,32 @@ func sqliteDSN(dsn string, write bool) (string, error) {
 	// keeps FULL affordable.
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)")
-	q.Add("_pragma", "busy_timeout(10000)")
+	if role == roleCheckpointer {
+		q.Add("_pragma", "busy_timeout("+strconv.Itoa(checkpointBusyTimeoutMS)+")")
+	} else {
+		q.Add("_pragma", "busy_timeout(10000)")
+	}
 	q.Add("_pragma", "foreign_keys(1)")
 	// Group commit runs every call in a SAVEPOINT; keep the statement
 	// sub-journals in memory instead of temp files (they are never needed
 	// after a crash: the WAL is the durable record).
 	q.Add("_pragma", "temp_store(MEMORY)")
-	if write {
+	switch role {
+	case roleWriter:
 		// Take the write lock at BEGIN, so a second process on the same
 		// file waits in busy_timeout instead of failing at the first write.
 		q.Set("_txlock", "immediate")
-	} else {
+		// The checkpointer copies the WAL back, not the writer's commits
+		// (see checkpointConfig). journal_size_limit: when the writer
+		// restarts the log from its beginning it cuts the file back to
+		// this size, so one burst does not leave a larger file behind.
+		q.Add("_pragma", "wal_autocheckpoint(0)")
+		q.Add("_pragma", "journal_size_limit("+strconv.FormatInt(ckpt.restartAt, 10)+")")
+	case roleReader:
+		// Readers never commit, so they never run an automatic checkpoint.
 		q.Add("_pragma", "query_only(1)")
+	case roleCheckpointer:
+		q.Add("_pragma", "wal_autocheckpoint(0)")
 	}
 	sep := "?"
 	if strings.Contains(dsn, "?") {
@@ -107,12 +141,12 @@ func sqliteDSN(dsn string, write bool) (string, error) {
 	return dsn + sep + q.Encode(), nil
 }
 
-func (s *sqlStore) openSQLite(ctx context.Context, dsn string) error {
-	wdsn, err := sqliteDSN(dsn, true)
+func (s *sqlStore) openSQLite(ctx context.Context, dsn string, ckpt checkpointConfig) error {
+	wdsn, err := sqliteDSN(dsn, roleWriter, ckpt)
 	if err != nil {
 		return err
 	}
-	rdsn, _ := sqliteDSN(dsn, false)
+	rdsn, _ := sqliteDSN(dsn, roleReader, ckpt)
 	wdb, err := sql.Open("sqlite", wdsn)
 	if err != nil {
 		return fmt.Errorf("open sqlite %q: %w", dsn, err)
@@ -143,8 +177,18 @@ func (s *sqlStore) openSQLite(ctx context.Context, dsn string) error {
 		rdb.Close()
 		return fmt.Errorf("open sqlite %q: %w", dsn, err)
 	}
-	s.db, s.wdb = rdb, wdb
 	s.writer = newWriter(wdb, s.log)
+	if !ckpt.off {
+		c, err := newCheckpointer(ctx, dsn, ckpt, s.writer, s.log)
+		if err != nil {
+			s.writer.close()
+			wdb.Close()
+			rdb.Close()
+			return err
+		}
+		s.ckpt = c
+	}
+	s.db, s.wdb = rdb, wdb
 	return nil
 }
 
@@ -458,6 +502,10 @@ func (s *sqlStore) Close() error {
 	s.once.Do(func() {
 		if s.writer != nil {
 			s.writer.close()
+			if s.ckpt != nil {
+				// After the writer, so the final TRUNCATE finds no writer.
+				err = errors.Join(err, s.ckpt.close())
+			}
 			err = errors.Join(err, s.wdb.Close())
 		}
 		err = errors.Join(err, s.db.Close())
@@ -478,6 +526,12 @@ type writer struct {
 	closing chan struct{}
 	exited  chan struct{}
 	once    sync.Once
+	// commits counts committed transactions; the checkpointer reads it to
+	// tell a busy writer from an idle one.
+	commits atomic.Uint64
+	// pauses parks the writer between two transactions until the channel
+	// received is closed (the checkpointer's RESTART).
+	pauses chan chan struct{}
 }
 
 type writeReq struct {
@@ -498,6 +552,7 @@ func newWriter(db *sql.DB, log *slog.Logger) *writer {
 		reqs:    make(chan *writeReq, 4*maxBatch),
 		closing: make(chan struct{}),
 		exited:  make(chan struct{}),
+		pauses:  make(chan chan struct{}),
 	}
 	go w.loop()
 	return w
@@ -542,9 +597,19 @@ func (w *writer) loop() {
 	batch := make([]*writeReq, 0, maxBatch)
 	for {
 		batch = batch[:0]
+		// A pause first: under load reqs is always ready, and select
+		// would otherwise leave a waiting checkpointer to chance.
+		select {
+		case resume := <-w.pauses:
+			<-resume
+		default:
+		}
 		select {
 		case r := <-w.reqs:
 			batch = append(batch, r)
+		case resume := <-w.pauses:
+			<-resume
+			continue
 		case <-w.closing:
 			w.drain()
 			return
@@ -633,5 +698,6 @@ func (w *writer) run(batch []*writeReq) {
 		fail(ok, fmt.Errorf("commit: %w", err))
 		return
 	}
+	w.commits.Add(1)
 	fail(ok, nil)
 }

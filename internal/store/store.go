@@ -13,8 +13,9 @@
 // On SQLite one writer goroutine owns the write connection and commits
 // concurrent calls together (group commit, a SAVEPOINT per call), in WAL mode
 // with synchronous=FULL: one fsync per batch, and an acknowledged call
-// survives a killed process and a power cut alike. All times are stored as
-// Unix microseconds so both dialects share every query.
+// survives a killed process and a power cut alike. WAL checkpoints run on a
+// connection of their own, off the writer's commits (checkpoint.go). All
+// times are stored as Unix microseconds so both dialects share every query.
 package store
 
 import (

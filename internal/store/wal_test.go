@@ -1,0 +1,178 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// walIngests and walBound size the WAL tests: without any checkpoint this
+// many ingests leave a WAL several times walBound, with the checkpointer
+// (tuned small below) it never gets near it.
+const (
+	walIngests = 2000
+	walBound   = 4 << 20
+)
+
+// testCheckpointConfig is the default shape scaled down, so a few thousand
+// ingests cross every threshold.
+func testCheckpointConfig() checkpointConfig {
+	return checkpointConfig{
+		poll:      5 * time.Millisecond,
+		interval:  50 * time.Millisecond,
+		walLimit:  256 << 10,
+		restartAt: 1 << 20,
+		idle:      200 * time.Millisecond,
+	}
+}
+
+func fileSize(t *testing.T, p string) int64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if os.IsNotExist(err) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// ingestWatchingWAL runs walIngests ingests from 16 goroutines while
+// sampling the -wal file, and returns the largest size seen and the first
+// and last receipts.
+func ingestWatchingWAL(t *testing.T, s Store, walPath string) (maxWAL int64, receipts []string) {
+	t.Helper()
+	var (
+		seq     atomic.Int64
+		peak    atomic.Int64
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		stop    = make(chan struct{})
+		sampled = make(chan struct{})
+	)
+	go func() {
+		defer close(sampled)
+		for {
+			if fi, err := os.Stat(walPath); err == nil && fi.Size() > peak.Load() {
+				peak.Store(fi.Size())
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	for range 16 {
+		wg.Go(func() {
+			for {
+				n := seq.Add(1)
+				if n > walIngests {
+					return
+				}
+				res, err := s.Ingest(context.Background(), delivery(alertIn(fmt.Sprintf("wal-%d", n), quick(dev(machine(int(n)), "")))))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if n == 1 || n == walIngests {
+					mu.Lock()
+					receipts = append(receipts, res.Receipt)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	if fi, err := os.Stat(walPath); err == nil && fi.Size() > peak.Load() {
+		peak.Store(fi.Size())
+	}
+	return peak.Load(), receipts
+}
+
+// TestSQLiteWALStaysBounded: with auto-checkpointing off on the writer, the
+// background checkpointer keeps the WAL small during a sustained ingest,
+// empties it once the writer is idle and on Close, and loses nothing.
+func TestSQLiteWALStaysBounded(t *testing.T) {
+	dsn := filepath.Join(t.TempDir(), "wal.db")
+	walPath := dsn + "-wal"
+	s, err := open(context.Background(), "sqlite", dsn, Deps{}, testCheckpointConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	peak, receipts := ingestWatchingWAL(t, s, walPath)
+	t.Logf("%d ingests: largest -wal file %d KiB", walIngests, peak>>10)
+	if peak > walBound {
+		t.Errorf("-wal file reached %d bytes during the run, want at most %d", peak, walBound)
+	}
+
+	// Idle: the TRUNCATE checkpoint empties the file, while reads go on.
+	deadline := time.Now().Add(10 * time.Second)
+	for fileSize(t, walPath) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("-wal file still %d bytes 10s after the last ingest", fileSize(t, walPath))
+		}
+		if _, err := s.Receipt(context.Background(), receipts[0]); err != nil {
+			t.Fatalf("Receipt while idle: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// A write after the truncation grows it again; Close truncates it.
+	mustIngest(t, s, delivery(alertIn("after-idle", quick(dev(machine(walIngests+1), "")))))
+	if fileSize(t, walPath) == 0 {
+		t.Fatal("an ingest after the idle checkpoint wrote nothing to the WAL")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if n := fileSize(t, walPath); n != 0 {
+		t.Errorf("-wal file is %d bytes after Close, want 0", n)
+	}
+
+	s2, err := open(context.Background(), "sqlite", dsn, Deps{}, testCheckpointConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for _, r := range receipts {
+		if _, err := s2.Receipt(context.Background(), r); err != nil {
+			t.Errorf("Receipt(%s) after reopen: %v", r, err)
+		}
+	}
+	st, err := s2.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.JobsByState[JobQueued]; got != walIngests+1 {
+		t.Errorf("queued jobs after reopen = %d, want %d", got, walIngests+1)
+	}
+}
+
+// TestSQLiteWALGrowsWithoutCheckpointer is the control for the test above:
+// the same load with auto-checkpointing off and no checkpointer pushes the
+// WAL past walBound, so the bound there is the checkpointer's doing.
+func TestSQLiteWALGrowsWithoutCheckpointer(t *testing.T) {
+	dsn := filepath.Join(t.TempDir(), "wal.db")
+	cfg := testCheckpointConfig()
+	cfg.off = true
+	s, err := open(context.Background(), "sqlite", dsn, Deps{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	peak, _ := ingestWatchingWAL(t, s, dsn+"-wal")
+	t.Logf("%d ingests without checkpoints: -wal file %d KiB", walIngests, peak>>10)
+	if peak <= walBound {
+		t.Errorf("-wal file reached only %d bytes without checkpoints, want more than %d (the bound is not testing anything)", peak, walBound)
+	}
+}
