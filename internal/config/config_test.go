@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -273,5 +274,35 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "read config") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestREADMETuningDefaults keeps the README's table of tuning defaults
+// true: parsed, it must equal Defaults().
+func TestREADMETuningDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- tuning-defaults:begin -->")
+	block, _, ok2 := strings.Cut(rest, "<!-- tuning-defaults:end -->")
+	if !ok || !ok2 {
+		t.Fatal("README: tuning-defaults markers not found")
+	}
+	block = strings.TrimSpace(block)
+	block = strings.TrimSuffix(strings.TrimPrefix(block, "```yaml"), "```")
+	cfg, err := Parse("README.md", []byte(block))
+	if err != nil {
+		t.Fatalf("the README's tuning block does not parse: %v", err)
+	}
+	d := Defaults()
+	if cfg.Server != d.Server {
+		t.Errorf("README server defaults %+v, code %+v", cfg.Server, d.Server)
+	}
+	if cfg.Dispatch != d.Dispatch {
+		t.Errorf("README dispatch defaults %+v, code %+v", cfg.Dispatch, d.Dispatch)
+	}
+	if cfg.Log != d.Log {
+		t.Errorf("README log defaults %+v, code %+v", cfg.Log, d.Log)
 	}
 }
