@@ -55,6 +55,7 @@ var scanStatuses = map[string]bool{
 	store.StatusQueued: true, store.StatusSkipped: true, store.StatusDuplicate: true, store.StatusCooldown: true,
 	store.StatusAlreadyScanning: true, store.StatusDryRun: true,
 	store.JobLeased: true, store.JobCalling: true, store.JobRetry: true, store.JobSubmitted: true, store.JobDead: true,
+	store.JobWaiting:                     true,
 	strings.ToLower(store.ActionPending): true, strings.ToLower(store.ActionInProgress): true,
 	strings.ToLower(store.ActionSucceeded): true, strings.ToLower(store.ActionFailed): true,
 	strings.ToLower(store.ActionTimeOut): true, strings.ToLower(store.ActionCancelled): true,

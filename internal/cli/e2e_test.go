@@ -172,7 +172,7 @@ func TestEverySourceEndToEnd(t *testing.T) {
 // see in the audit trail: a device Defender does not know ends dead with
 // the reason; a dry-run rule records its decision and calls nobody; a
 // second alert for a device with an open scan is a duplicate; a Full after
-// a queued Quick upgrades it.
+// a queued Quick upgrades it, after a claimed one it waits for it.
 func TestServiceOutcomes(t *testing.T) {
 	known := defendersim.Machine{ID: strings.Repeat("ab", 20), ComputerDNSName: "known.corp.example.com", OSPlatform: "Windows11", HealthStatus: "Active"}
 	sim, err := defendersim.New(defendersim.Options{Machines: []defendersim.Machine{known}, PendingFor: time.Hour})
@@ -227,14 +227,15 @@ func TestServiceOutcomes(t *testing.T) {
 		t.Fatalf("quick %+v, again %+v", q.Decisions, again.Decisions)
 	}
 	// A Full upgrades the Quick only while the Quick is still queued; once
-	// the dispatcher has claimed it, the Full is a duplicate of the open
-	// scan. Which one happened depends on timing, but it must be one of the
+	// the dispatcher has claimed it, the Full is queued to wait for the
+	// Quick to end (its action stays pending here, so only the Quick goes
+	// out). Which one happened depends on timing, but it must be one of the
 	// two, explained, and match what reached Defender.
 	wantScope := "Quick"
 	switch {
 	case f.Decisions[0].Status == "queued" && strings.Contains(f.Decisions[0].Reason, "upgraded"):
 		wantScope = "Full"
-	case f.Decisions[0].Status == "duplicate" && strings.Contains(f.Decisions[0].Reason, "open Quick scan"):
+	case f.Decisions[0].Status == "queued" && strings.Contains(f.Decisions[0].Reason, "to run after the open Quick scan"):
 	default:
 		t.Fatalf("full after quick: %+v", f.Decisions)
 	}

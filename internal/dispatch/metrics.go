@@ -29,7 +29,7 @@ type metrics struct {
 // jobStates are exported even when zero, so that dashboards see a 0
 // rather than no series.
 var jobStates = []string{store.JobQueued, store.JobLeased, store.JobCalling, store.JobRetry,
-	store.JobSubmitted, store.JobAlreadyScanning, store.JobDead}
+	store.JobSubmitted, store.JobAlreadyScanning, store.JobDead, store.JobWaiting}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{

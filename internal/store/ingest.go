@@ -279,13 +279,17 @@ func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int6
 }
 
 // decideScan applies "one open scan per device", the Full-upgrades-Quick
-// rule and the cooldown, and queues a job when none of them stops it.
+// rule and the cooldown, and queues a job when none of them stops it. A Full
+// decided while the open Quick has already been claimed or reached Defender
+// becomes the device's one waiting job, queued when the Quick's job closes
+// (promoteWaiting), so an escalation is never lost to a running Quick.
 func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK int64, source, alertID, key string, dev alert.Device,
 	scan, comment, ruleReason string, cooldown time.Duration, out *DecisionOutcome) error {
 	var (
 		openID           int64
 		openScan, openSt string
 		openCalling      int
+		waitFor          int64
 	)
 	err := tx.row(ctx, `SELECT id, scan, state, calling FROM jobs WHERE device_key = ? AND open = 1 ORDER BY id LIMIT 1`, key).
 		Scan(&openID, &openScan, &openSt, &openCalling)
@@ -308,9 +312,26 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 			}
 			openSt = "claimed"
 		}
-		out.Status = StatusDuplicate
-		out.Reason = fmt.Sprintf("device already has an open %s scan (job %d, %s)", openScan, openID, openSt)
-		return nil
+		// A waiting Full is the strongest scan the device has coming: every
+		// later decision is a duplicate of it.
+		var waitID int64
+		err := tx.row(ctx, `SELECT id FROM jobs WHERE device_key = ? AND state = ? ORDER BY id LIMIT 1`, key, JobWaiting).Scan(&waitID)
+		switch {
+		case err == nil:
+			out.Status = StatusDuplicate
+			out.Reason = fmt.Sprintf("device already has a Full scan (job %d, %s) to run after its open %s scan (job %d, %s)",
+				waitID, JobWaiting, openScan, openID, openSt)
+			return nil
+		case errors.Is(err, sql.ErrNoRows):
+		default:
+			return fmt.Errorf("find waiting job: %w", err)
+		}
+		if openScan != ScanQuick || scan != ScanFull {
+			out.Status = StatusDuplicate
+			out.Reason = fmt.Sprintf("device already has an open %s scan (job %d, %s)", openScan, openID, openSt)
+			return nil
+		}
+		waitFor = openID
 	case errors.Is(err, sql.ErrNoRows):
 	default:
 		return fmt.Errorf("find open job: %w", err)
@@ -341,16 +362,28 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 		}
 	}
 
+	state, open := JobQueued, 1
+	if waitFor != 0 {
+		// Not open: the device keeps exactly one open job, the Quick.
+		state, open = JobWaiting, 0
+	}
 	var id int64
 	if err := tx.row(ctx, `INSERT INTO jobs (alert_pk, source, alert_id, device_key, device_id, device_dns, device_aad, scan, comment,
 			state, open, calling, attempts, due_at, machine_id, last_error, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 0, 0, ?, ?, '', ?, ?) RETURNING id`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, '', ?, ?) RETURNING id`,
 		alertPK, source, alertID, key, dev.ID, dev.DNSName, dev.AADDeviceID, scan, comment,
-		JobQueued, now.UnixMicro(), dev.ID, now.UnixMicro(), now.UnixMicro()).Scan(&id); err != nil {
+		state, open, now.UnixMicro(), dev.ID, now.UnixMicro(), now.UnixMicro()).Scan(&id); err != nil {
 		return fmt.Errorf("add job: %w", err)
 	}
 	out.Status = StatusQueued
 	out.JobID = id
+	if waitFor != 0 {
+		out.Reason = fmt.Sprintf("queued %s scan (job %d) to run after the open %s scan (job %d) ends", scan, id, openScan, waitFor)
+		if ruleReason != "" {
+			out.Reason += " (" + ruleReason + ")"
+		}
+		return nil
+	}
 	out.Reason = ruleReason
 	if out.Reason == "" {
 		out.Reason = "queued " + scan + " scan (job " + strconv.FormatInt(id, 10) + ")"

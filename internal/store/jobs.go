@@ -196,17 +196,19 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 			return ErrLeaseLost
 		}
 		requested := r.Outcome == OutcomeSubmitted || r.Outcome == OutcomeAlreadyScanning
-		var keys []string
-		if requested {
+		// The job's own device is always locked: closing the job may
+		// promote the device's waiting job, and Ingest must not add one
+		// concurrently that this transaction cannot see.
+		keys := []string{key}
+		if requested && r.MachineID != "" {
 			// The cooldown clock runs for the key the job was decided
 			// under and for the machine id it resolved to, so a later
 			// alert naming the machine by id is held back too.
-			keys = append(keys, key)
-			if r.MachineID != "" {
-				keys = append(keys, "id:"+r.MachineID)
-			}
-			slices.Sort(keys)
-			keys = slices.Compact(keys)
+			keys = append(keys, "id:"+r.MachineID)
+		}
+		slices.Sort(keys)
+		keys = slices.Compact(keys)
+		{
 			// Device rows before the job row: the order Ingest takes them in.
 			for _, k := range keys {
 				if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?) ON CONFLICT (key) DO NOTHING`, k); err != nil {
@@ -296,6 +298,11 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		if _, err := tx.exec(ctx, `INSERT INTO job_attempts (job_id, attempt, at, owner, outcome, error) VALUES (?, ?, ?, ?, ?, ?)`,
 			r.JobID, attempts, nowUS, r.Owner, outcome, attemptErr); err != nil {
 			return fmt.Errorf("record attempt: %w", err)
+		}
+		if open == 0 {
+			if err := promoteWaiting(ctx, tx, key, nowUS); err != nil {
+				return err
+			}
 		}
 		if requested {
 			col := "quick"
@@ -415,6 +422,42 @@ func (s *sqlStore) UpdateActions(ctx context.Context, updates []ActionUpdate) er
 	slices.SortStableFunc(sorted, func(a, b ActionUpdate) int { return strings.Compare(a.ID, b.ID) })
 	err := s.write(ctx, func(ctx context.Context, tx q) error {
 		now := s.now().UnixMicro()
+		// Devices whose job a final status closes, locked before the
+		// action and job rows (Ingest and CompleteJob take device rows
+		// first): closing a job may promote the device's waiting job.
+		var finalIDs []any
+		for _, u := range sorted {
+			if FinalActionStatus(u.Status) {
+				finalIDs = append(finalIDs, u.ID)
+			}
+		}
+		locked := map[string]bool{}
+		if len(finalIDs) > 0 {
+			rows, err := tx.query(ctx, `SELECT DISTINCT device_key FROM jobs WHERE open = 1 AND action_id IN (`+placeholders(len(finalIDs))+`)`, finalIDs...)
+			if err != nil {
+				return fmt.Errorf("find devices of actions: %w", err)
+			}
+			var keys []string
+			for rows.Next() {
+				var k string
+				if err := rows.Scan(&k); err != nil {
+					rows.Close()
+					return err
+				}
+				keys = append(keys, k)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("find devices of actions: %w", err)
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				if err := lockDevice(ctx, tx, k); err != nil {
+					return err
+				}
+				locked[k] = true
+			}
+		}
 		for _, u := range sorted {
 			final := FinalActionStatus(u.Status)
 			// A final status is never moved back.
@@ -426,8 +469,37 @@ func (s *sqlStore) UpdateActions(ctx context.Context, updates []ActionUpdate) er
 				return fmt.Errorf("update action %q: %w", u.ID, err)
 			}
 			if final {
-				if _, err := tx.exec(ctx, `UPDATE jobs SET open = 0, updated_at = ? WHERE action_id = ? AND open = 1`, now, u.ID); err != nil {
+				rows, err := tx.query(ctx, `UPDATE jobs SET open = 0, updated_at = ? WHERE action_id = ? AND open = 1 RETURNING device_key`, now, u.ID)
+				if err != nil {
 					return fmt.Errorf("close jobs of action %q: %w", u.ID, err)
+				}
+				var closed []string
+				for rows.Next() {
+					var k string
+					if err := rows.Scan(&k); err != nil {
+						rows.Close()
+						return fmt.Errorf("close jobs of action %q: %w", u.ID, err)
+					}
+					closed = append(closed, k)
+				}
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return fmt.Errorf("close jobs of action %q: %w", u.ID, err)
+				}
+				slices.Sort(closed)
+				closed = slices.Compact(closed)
+				for _, k := range closed {
+					// A job linked to the action after the devices were
+					// locked above; rare, and a deadlock here is retried.
+					if !locked[k] {
+						if err := lockDevice(ctx, tx, k); err != nil {
+							return err
+						}
+						locked[k] = true
+					}
+					if err := promoteWaiting(ctx, tx, k, now); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -472,4 +544,32 @@ func (s *sqlStore) Stats(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("stats: open actions: %w", err)
 	}
 	return st, nil
+}
+
+// lockDevice takes the device row lock on PostgreSQL (SQLite's single
+// writer already serializes every write).
+func lockDevice(ctx context.Context, tx q, key string) error {
+	if !tx.pg {
+		return nil
+	}
+	var got string
+	err := tx.row(ctx, `SELECT key FROM devices WHERE key = ?`+tx.forUpdate(), key).Scan(&got)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("lock device %q: %w", key, err)
+	}
+	return nil
+}
+
+// promoteWaiting queues the device's waiting job, due now, once the device
+// has no open job left. The caller holds the device's lock, so no decision
+// can add a waiting job or an open one meanwhile. Cooldown does not hold it
+// back: it was decided (cooldown included) when the Full arrived.
+func promoteWaiting(ctx context.Context, tx q, key string, nowUS int64) error {
+	if _, err := tx.exec(ctx, `UPDATE jobs SET state = ?, open = 1, due_at = ?, updated_at = ?
+		WHERE device_key = ? AND state = ?
+			AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.device_key = ? AND o.open = 1)`,
+		JobQueued, nowUS, nowUS, key, JobWaiting, key); err != nil {
+		return fmt.Errorf("promote waiting job of device %q: %w", key, err)
+	}
+	return nil
 }

@@ -61,6 +61,11 @@ const (
 	// JobQueued: waiting for its first claim (or handed back by ReleaseJobs
 	// before any Defender call).
 	JobQueued = "queued"
+	// JobWaiting: a Full scan decided while the device's open Quick scan
+	// had already reached Defender; not open and never claimed, it becomes
+	// queued (and open) in the transaction that closes the Quick's job. At
+	// most one per device.
+	JobWaiting = "waiting"
 	// JobLeased: claimed by a dispatcher, no Defender call recorded in this lease.
 	JobLeased = "leased"
 	// JobCalling: the lease holder said a Defender call is in flight.
@@ -270,7 +275,8 @@ type ActionUpdate struct {
 // Stats summarizes the queue.
 type Stats struct {
 	JobsByState map[string]int64 `json:"jobs_by_state"`
-	// QueueDepth counts jobs due now (claimable).
+	// QueueDepth counts jobs due now (claimable); waiting jobs are not due
+	// and show only under JobsByState["waiting"].
 	QueueDepth int64 `json:"queue_depth"`
 	// OldestDue is how long the oldest due job has been due (0: none).
 	OldestDue   time.Duration `json:"oldest_due"`

@@ -261,9 +261,12 @@ func TestDecisionStatuses(t *testing.T) {
 			wantStatus: StatusQueued, wantReason: "upgraded queued Quick scan (job {job}) to Full", wantJob: true},
 		{name: "Quick while a Full is queued is a duplicate", setup: []step{first(full(d1))}, dec: quick(d1),
 			wantStatus: StatusDuplicate, wantReason: "open Full scan (job {job}"},
-		{name: "Full does not upgrade a Quick already claimed",
+		{name: "Full after a Quick already claimed waits for it",
 			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
-			dec:   full(d1), wantStatus: StatusDuplicate, wantReason: "(job {job}, leased)"},
+			dec:   full(d1), wantStatus: StatusQueued, wantReason: "to run after the open Quick scan (job {job}) ends", wantJob: true},
+		{name: "Quick while a Quick is claimed is a duplicate",
+			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
+			dec:   quick(d1), wantStatus: StatusDuplicate, wantReason: "(job {job}, leased)"},
 		{name: "a submitted scan stays open until its action is final",
 			setup: []step{func(t *testing.T, s Store, _ *clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
