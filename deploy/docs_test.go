@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"net/url"
 	"os"
 	"path"
@@ -308,7 +309,7 @@ func TestConnectSourcesExamples(t *testing.T) {
 		if want := fenced(t, "docs/sources.md", readText(t, "../docs/sources.md"), "<!-- elastic-template:begin -->", "<!-- elastic-template:end -->"); tmpl != want {
 			t.Fatalf("the Kibana template differs from docs/sources.md:\n%s\nwant:\n%s", tmpl, want)
 		}
-		body := renderMustache(t, tmpl, readFile(t, "../internal/alert/testdata/elastic-context.json"))
+		body := testutil.RenderKibana(t, tmpl, readFile(t, "../internal/alert/testdata/elastic-context.json"))
 		got := decode(t, "elastic", body, alert.Options{})
 		if len(got) != 2 {
 			t.Fatalf("%d alerts from the two-alert context", len(got))
@@ -403,60 +404,6 @@ func readFile(t *testing.T, name string) []byte {
 func readSample(t *testing.T, name string) []byte {
 	t.Helper()
 	return readFile(t, filepath.Join("..", "testdata", "samples", name))
-}
-
-var mustacheTag = regexp.MustCompile(`\{\{\{\s*([\w.]+)\s*\}\}\}|\{\{\s*([\w.]+)\s*\}\}`)
-
-// renderMustache renders the Mustache subset of the Kibana template the way
-// the webhook connector does: {{x}} escaped for a JSON string, {{{x}}} raw;
-// an object as its JSON, an array as its items' JSON joined by commas.
-func renderMustache(t *testing.T, tmpl string, ctx []byte) []byte {
-	t.Helper()
-	lookup := func(p string) json.RawMessage {
-		cur := json.RawMessage(ctx)
-		for part := range strings.SplitSeq(p, ".") {
-			var m map[string]json.RawMessage
-			if err := json.Unmarshal(cur, &m); err != nil {
-				t.Fatalf("context %s: %v", p, err)
-			}
-			cur = m[part]
-		}
-		return bytes.TrimSpace(cur)
-	}
-	text := func(raw json.RawMessage) string {
-		switch {
-		case len(raw) == 0:
-			return ""
-		case raw[0] == '"':
-			var s string
-			if err := json.Unmarshal(raw, &s); err != nil {
-				t.Fatal(err)
-			}
-			return s
-		case raw[0] == '[':
-			var items []json.RawMessage
-			if err := json.Unmarshal(raw, &items); err != nil {
-				t.Fatal(err)
-			}
-			parts := make([]string, len(items))
-			for i, it := range items {
-				parts[i] = string(it)
-			}
-			return strings.Join(parts, ",")
-		}
-		return string(raw)
-	}
-	return []byte(mustacheTag.ReplaceAllStringFunc(tmpl, func(tag string) string {
-		m := mustacheTag.FindStringSubmatch(tag)
-		if m[1] != "" {
-			return text(lookup(m[1]))
-		}
-		b, err := json.Marshal(text(lookup(m[2])))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b[1 : len(b)-1])
-	}))
 }
 
 // TestDeployDocValues renders each values file the README's Deploy section shows with the

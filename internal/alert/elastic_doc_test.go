@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"github.com/scanhook/scanhook/internal/testutil"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 )
@@ -29,77 +29,9 @@ func docTemplate(t *testing.T) string {
 	return tmpl
 }
 
-var mustacheTag = regexp.MustCompile(`\{\{\{\s*([\w.]+)\s*\}\}\}|\{\{\s*([\w.]+)\s*\}\}`)
-
-// renderKibana renders the small Mustache subset the template uses the way
-// Kibana's webhook connector does: {{x}} is escaped for a JSON string,
-// {{{x}}} is not escaped; an object renders as its JSON, an array as its
-// items joined by commas (no brackets), keeping the key order of ctx.
-func renderKibana(t *testing.T, tmpl string, ctx []byte) []byte {
-	t.Helper()
-	lookup := func(path string) json.RawMessage {
-		cur := json.RawMessage(ctx)
-		for part := range strings.SplitSeq(path, ".") {
-			var m map[string]json.RawMessage
-			if err := json.Unmarshal(cur, &m); err != nil {
-				t.Fatalf("context: %s: %v", path, err)
-			}
-			cur = m[part]
-		}
-		return cur
-	}
-	text := func(raw json.RawMessage) string {
-		raw = bytes.TrimSpace(raw)
-		switch {
-		case len(raw) == 0:
-			return ""
-		case raw[0] == '"':
-			var s string
-			if err := json.Unmarshal(raw, &s); err != nil {
-				t.Fatal(err)
-			}
-			return s
-		case raw[0] == '[':
-			var items []json.RawMessage
-			if err := json.Unmarshal(raw, &items); err != nil {
-				t.Fatal(err)
-			}
-			parts := make([]string, len(items))
-			for i, it := range items {
-				var b bytes.Buffer
-				if err := json.Compact(&b, it); err != nil {
-					t.Fatal(err)
-				}
-				parts[i] = b.String()
-			}
-			return strings.Join(parts, ",")
-		}
-		var b bytes.Buffer
-		if err := json.Compact(&b, raw); err != nil {
-			t.Fatal(err)
-		}
-		return b.String()
-	}
-	out := mustacheTag.ReplaceAllStringFunc(tmpl, func(tag string) string {
-		m := mustacheTag.FindStringSubmatch(tag)
-		if m[1] != "" {
-			return text(lookup(m[1]))
-		}
-		var b bytes.Buffer
-		enc := json.NewEncoder(&b)
-		enc.SetEscapeHTML(false)
-		if err := enc.Encode(text(lookup(m[2]))); err != nil {
-			t.Fatal(err)
-		}
-		s := strings.TrimSuffix(b.String(), "\n")
-		return s[1 : len(s)-1]
-	})
-	return []byte(out)
-}
-
 func TestElasticTemplateInDoc(t *testing.T) {
 	tmpl := docTemplate(t)
-	rendered := renderKibana(t, tmpl, readFile(t, "testdata/elastic-context.json"))
+	rendered := testutil.RenderKibana(t, tmpl, readFile(t, "testdata/elastic-context.json"))
 	golden := filepath.Join("testdata", "elastic-two-alerts.json")
 	if *update {
 		if err := os.WriteFile(golden, rendered, 0o644); err != nil {
