@@ -139,16 +139,8 @@ func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, 
 	}
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
-	for _, k := range keys {
-		if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?) ON CONFLICT (key) DO NOTHING`, k); err != nil {
-			return res, fmt.Errorf("add device %q: %w", k, err)
-		}
-		if tx.pg {
-			var got string
-			if err := tx.row(ctx, `SELECT key FROM devices WHERE key = ?`+tx.forUpdate(), k).Scan(&got); err != nil {
-				return res, fmt.Errorf("lock device %q: %w", k, err)
-			}
-		}
+	if err := addDevices(ctx, tx, keys); err != nil {
+		return res, err
 	}
 
 	if _, err := tx.exec(ctx, `INSERT INTO receipts (id, source, received_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,

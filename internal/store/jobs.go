@@ -208,19 +208,9 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		}
 		slices.Sort(keys)
 		keys = slices.Compact(keys)
-		{
-			// Device rows before the job row: the order Ingest takes them in.
-			for _, k := range keys {
-				if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?) ON CONFLICT (key) DO NOTHING`, k); err != nil {
-					return fmt.Errorf("add device %q: %w", k, err)
-				}
-				if tx.pg {
-					var got string
-					if err := tx.row(ctx, `SELECT key FROM devices WHERE key = ?`+tx.forUpdate(), k).Scan(&got); err != nil {
-						return fmt.Errorf("lock device %q: %w", k, err)
-					}
-				}
-			}
+		// Device rows before the job row: the order Ingest takes them in.
+		if err := addDevices(ctx, tx, keys); err != nil {
+			return err
 		}
 
 		nowUS := now.UnixMicro()
@@ -544,6 +534,20 @@ func (s *sqlStore) Stats(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("stats: open actions: %w", err)
 	}
 	return st, nil
+}
+
+// addDevices makes sure each device row exists and locks it, in the order
+// given (callers sort the keys so that transactions never deadlock).
+func addDevices(ctx context.Context, tx q, keys []string) error {
+	for _, k := range keys {
+		if _, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?) ON CONFLICT (key) DO NOTHING`, k); err != nil {
+			return fmt.Errorf("add device %q: %w", k, err)
+		}
+		if err := lockDevice(ctx, tx, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // lockDevice takes the device row lock on PostgreSQL (SQLite's single
