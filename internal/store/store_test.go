@@ -162,6 +162,42 @@ func one(t testing.TB, res IngestResult) DecisionOutcome {
 	return res.Decisions[0]
 }
 
+// ingestRace makes n single-decision deliveries at once, spread over the
+// replicas, and checks that exactly one is queued and the others are
+// duplicates: the per-device lock held across replicas.
+func ingestRace(t *testing.T, replicas []Store, n int, in func(i int) AlertInput) {
+	t.Helper()
+	outs := make([]DecisionOutcome, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			res, err := replicas[i%len(replicas)].Ingest(context.Background(), delivery(in(i)))
+			errs[i] = err
+			if err == nil && len(res.Decisions) == 1 {
+				outs[i] = res.Decisions[0]
+			}
+		})
+	}
+	wg.Wait()
+	queued := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("ingest %d: %v", i, errs[i])
+		}
+		switch outs[i].Status {
+		case StatusQueued:
+			queued++
+		case StatusDuplicate:
+		default:
+			t.Errorf("ingest %d: %+v", i, outs[i])
+		}
+	}
+	if queued != 1 {
+		t.Errorf("%d queued, want exactly 1", queued)
+	}
+}
+
 func claimAll(t testing.TB, s Store, owner string) []Job {
 	t.Helper()
 	jobs, err := s.ClaimJobs(context.Background(), owner, 1000, time.Minute)
@@ -562,35 +598,7 @@ func TestConcurrentAlertsForOneDevice(t *testing.T) {
 		replicas := []Store{b.open(t), b.open(t)}
 		d := dev(machine(9), "")
 		const n = 50
-		outs := make([]DecisionOutcome, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				res, err := replicas[i%2].Ingest(context.Background(), delivery(alertIn(fmt.Sprintf("storm-%d", i), quick(d))))
-				errs[i] = err
-				if err == nil {
-					outs[i] = one(t, res)
-				}
-			})
-		}
-		wg.Wait()
-		queued := 0
-		for i := range n {
-			if errs[i] != nil {
-				t.Fatalf("ingest %d: %v", i, errs[i])
-			}
-			switch outs[i].Status {
-			case StatusQueued:
-				queued++
-			case StatusDuplicate:
-			default:
-				t.Errorf("ingest %d: %+v", i, outs[i])
-			}
-		}
-		if queued != 1 {
-			t.Errorf("%d queued, want exactly 1", queued)
-		}
+		ingestRace(t, replicas, n, func(i int) AlertInput { return alertIn(fmt.Sprintf("storm-%d", i), quick(d)) })
 		if n := totalJobs(t, replicas[0]); n != 1 {
 			t.Errorf("jobs = %d, want 1", n)
 		}

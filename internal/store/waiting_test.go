@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -213,36 +212,7 @@ func TestConcurrentFullsWhileQuickLeased(t *testing.T) {
 		d := dev(machine(3), "")
 		quickID := one(t, mustIngest(t, replicas[0], delivery(alertIn("q", quick(d))))).JobID
 		claimOne(t, replicas[0], "d1", quickID)
-		const n = 20
-		outs := make([]DecisionOutcome, n)
-		errs := make([]error, n)
-		var wg sync.WaitGroup
-		for i := range n {
-			wg.Go(func() {
-				res, err := replicas[i%2].Ingest(context.Background(), delivery(alertIn(fmt.Sprintf("full-%d", i), full(d))))
-				errs[i] = err
-				if err == nil && len(res.Decisions) == 1 {
-					outs[i] = res.Decisions[0]
-				}
-			})
-		}
-		wg.Wait()
-		queued := 0
-		for i := range n {
-			if errs[i] != nil {
-				t.Fatalf("ingest %d: %v", i, errs[i])
-			}
-			switch outs[i].Status {
-			case StatusQueued:
-				queued++
-			case StatusDuplicate:
-			default:
-				t.Errorf("ingest %d: %+v", i, outs[i])
-			}
-		}
-		if queued != 1 {
-			t.Errorf("%d queued, want exactly 1", queued)
-		}
+		ingestRace(t, replicas, 20, func(i int) AlertInput { return alertIn(fmt.Sprintf("full-%d", i), full(d)) })
 		st, err := replicas[1].Stats(context.Background())
 		if err != nil {
 			t.Fatal(err)
