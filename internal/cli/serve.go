@@ -158,9 +158,10 @@ func runService(ctx context.Context, cfg *config.Config, env Env, hooks serviceH
 		return fmt.Errorf("dispatcher: %w", err)
 	}
 
+	alertOpts := cfg.AlertOptions()
 	sources := make(map[string]handlers.Source, len(secrets))
 	for name, sec := range secrets {
-		sources[name] = handlers.Source{Secrets: sec, Alert: cfg.AlertOptions()}
+		sources[name] = handlers.Source{Secrets: sec, Alert: alertOpts}
 	}
 	var ingestLimiter *rate.Limiter
 	if cfg.Server.IngestPerSecond > 0 {
