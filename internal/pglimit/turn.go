@@ -136,6 +136,12 @@ func (t *Turn) end(why error) {
 	t.err = why
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	if why == ErrTurnReleased {
+		// Closing the session frees the lock only once its backend has
+		// exited, which PostgreSQL does after the client has gone: unlock
+		// first so the next replica can take the turn at once.
+		_, _ = t.conn.Exec(ctx, `SELECT pg_advisory_unlock($1::integer, hashtext(current_schema()))`, turnLockKey)
+	}
 	_ = t.conn.Close(ctx)
 	cancel()
 	t.l.mu.Lock()
