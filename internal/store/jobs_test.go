@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"sort"
 	"strings"
@@ -407,9 +408,18 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 			t.Errorf("other store sees %+v, %v", det, err)
 		}
 		s := stores[0].(*sqlStore)
-		var versions int
-		if err := s.reader().row(context.Background(), `SELECT COUNT(*) FROM schema_migrations`).Scan(&versions); err != nil || versions != 1 {
-			t.Errorf("schema_migrations rows = %d, %v", versions, err)
+		dir := "migrations/sqlite"
+		if s.pg {
+			dir = "migrations/postgres"
+		}
+		files, err := fs.Glob(migrationsFS, dir+"/*.sql")
+		if err != nil || len(files) < 2 {
+			t.Fatalf("embedded migrations %v, %v", files, err)
+		}
+		// Each file applied once, however many stores raced to open.
+		var versions, distinct int
+		if err := s.reader().row(context.Background(), `SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations`).Scan(&versions, &distinct); err != nil || versions != len(files) || distinct != len(files) {
+			t.Errorf("schema_migrations rows = %d (%d distinct), %v; want %d", versions, distinct, err, len(files))
 		}
 	})
 }
@@ -571,6 +581,63 @@ func TestCompleteJobRefundAndCalling(t *testing.T) {
 		}
 		if r.Jobs[0].Attempts != 3 {
 			t.Errorf("attempts = %d, want 3", r.Jobs[0].Attempts)
+		}
+	})
+}
+
+// TestMigrateUpgradesAnOlderDatabase: a database left by an older release
+// (here: 0001 only, with the indexes 0002 drops) is brought up to date on
+// Open, keeping its data, and opening it again applies nothing twice.
+func TestMigrateUpgradesAnOlderDatabase(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		s := b.open(t).(*sqlStore)
+		res := mustIngest(t, s, delivery(alertIn("old", quick(dev(machine(1), "old.corp.example")))))
+		// Back to the 0001 schema.
+		if err := s.write(ctx, func(ctx context.Context, tx q) error {
+			for _, stmt := range []string{
+				`CREATE INDEX decisions_device_id ON decisions (device_id)`,
+				`CREATE INDEX decisions_device_dns ON decisions (device_dns)`,
+				`DELETE FROM schema_migrations WHERE version <> '0001_init'`,
+			} {
+				if _, err := tx.exec(ctx, stmt); err != nil {
+					return fmt.Errorf("%s: %w", stmt, err)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		for range 2 {
+			s := b.open(t).(*sqlStore)
+			var idx int
+			q := `SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'decisions_device_%'`
+			if s.pg {
+				q = `SELECT COUNT(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname LIKE 'decisions_device_%'`
+			}
+			if err := s.reader().row(ctx, q).Scan(&idx); err != nil || idx != 0 {
+				t.Errorf("decisions_device_* indexes after the upgrade: %d, %v; want none", idx, err)
+			}
+			var versions int
+			if err := s.reader().row(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = '0002_drop_decision_device_indexes'`).Scan(&versions); err != nil || versions != 1 {
+				t.Errorf("0002 recorded %d times, %v; want once", versions, err)
+			}
+			det, err := s.Receipt(ctx, res.Receipt)
+			if err != nil || len(det.Jobs) != 1 {
+				t.Fatalf("the older database's receipt after the upgrade: %+v, %v", det, err)
+			}
+			// The device filter still works without the indexes.
+			scans, err := s.ListScans(ctx, ScanQuery{Device: "old.corp.example"})
+			if err != nil || len(scans) != 1 {
+				t.Errorf("ListScans(device) after the upgrade = %d, %v; want 1", len(scans), err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 }
