@@ -90,7 +90,7 @@ func (s *sqlStore) Ingest(ctx context.Context, d Delivery) (IngestResult, error)
 	source := clean(d.Source)
 	// Each alert once, in delivery order; a repeated id within a delivery
 	// is reported with the first one's outcome.
-	var alerts []AlertInput
+	var alerts []storedAlert
 	seen := map[string]bool{}
 	var ids []string
 	for _, a := range d.Alerts {
@@ -100,7 +100,13 @@ func (s *sqlStore) Ingest(ctx context.Context, d Delivery) (IngestResult, error)
 		}
 		seen[id] = true
 		a.Alert.ID = id
-		alerts = append(alerts, a)
+		// Encoded here, by the caller's goroutine: SQLite has one writer,
+		// and whatever it does not have to do raises what it can take.
+		st, err := encodeAlert(a, source)
+		if err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: %w", err)
+		}
+		alerts = append(alerts, st)
 		ids = append(ids, id)
 	}
 	receipt := ReceiptID(source, ids)
@@ -122,7 +128,33 @@ func (s *sqlStore) Ingest(ctx context.Context, d Delivery) (IngestResult, error)
 	return res, nil
 }
 
-func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, source, receipt string, alerts []AlertInput) (IngestResult, error) {
+// storedAlert is an alert of a delivery with its columns ready to insert.
+type storedAlert struct {
+	AlertInput
+	normalized string
+	raw        []byte
+}
+
+func encodeAlert(a AlertInput, source string) (storedAlert, error) {
+	norm := a.Alert
+	if norm.Source == "" {
+		norm.Source = source
+	}
+	nj, err := json.Marshal(norm)
+	if err != nil {
+		return storedAlert{}, fmt.Errorf("alert %q: encode: %w", a.Alert.ID, err)
+	}
+	raw := []byte(a.Raw)
+	if raw == nil {
+		raw = []byte(a.Alert.Raw)
+	}
+	if raw == nil {
+		raw = []byte("null")
+	}
+	return storedAlert{AlertInput: a, normalized: string(nj), raw: raw}, nil
+}
+
+func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, source, receipt string, alerts []storedAlert) (IngestResult, error) {
 	res := IngestResult{Receipt: receipt, Decisions: []DecisionOutcome{}}
 
 	// Lock every device the delivery may scan, sorted, before anything
@@ -159,24 +191,9 @@ func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, 
 	isNew := make([]bool, len(alerts))
 	for _, i := range order {
 		a := alerts[i]
-		norm := a.Alert
-		if norm.Source == "" {
-			norm.Source = source
-		}
-		nj, err := json.Marshal(norm)
-		if err != nil {
-			return res, fmt.Errorf("alert %q: encode: %w", a.Alert.ID, err)
-		}
-		raw := []byte(a.Raw)
-		if raw == nil {
-			raw = []byte(a.Alert.Raw)
-		}
-		if raw == nil {
-			raw = []byte("null")
-		}
-		err = tx.row(ctx, `INSERT INTO alerts (source, alert_id, receipt_id, received_at, normalized, raw)
+		err := tx.row(ctx, `INSERT INTO alerts (source, alert_id, receipt_id, received_at, normalized, raw)
 			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, alert_id) DO NOTHING RETURNING pk`,
-			source, a.Alert.ID, receipt, received.UnixMicro(), string(nj), raw).Scan(&pks[i])
+			source, a.Alert.ID, receipt, received.UnixMicro(), a.normalized, a.raw).Scan(&pks[i])
 		switch {
 		case err == nil:
 			isNew[i] = true
