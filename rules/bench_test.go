@@ -58,3 +58,7 @@ func benchEvaluate(b *testing.B, src string) {
 
 func BenchmarkEvaluate100Match(b *testing.B)     { benchEvaluate(b, benchRules(100, 0)) }
 func BenchmarkEvaluate100With10CEL(b *testing.B) { benchEvaluate(b, benchRules(100, 10)) }
+
+// BenchmarkEvaluate100AllCEL shows what a `when` costs per rule: every
+// rule uses one.
+func BenchmarkEvaluate100AllCEL(b *testing.B) { benchEvaluate(b, benchRules(100, 1)) }

@@ -9,15 +9,14 @@ import (
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/ext"
-	"cel.dev/cel-go/interpreter"
 
 	"github.com/scanhook/scanhook/internal/alert"
 )
 
-// celAlert is what a `when` expression sees as `alert`. It is built once
-// per Evaluate; severity_rank saves expressions from spelling out lists of
-// severities (informational 0, low 1, medium 2, high 3, critical 4, -1 when
-// unknown).
+// celAlert declares what a `when` expression sees as `alert` (at runtime
+// it is a celAlertObj, see cel_values.go); severity_rank saves expressions
+// from spelling out lists of severities (informational 0, low 1, medium 2,
+// high 3, critical 4, -1 when unknown).
 type celAlert struct {
 	ID              string      `cel:"id"`
 	Source          string      `cel:"source"`
@@ -70,7 +69,8 @@ func (celEstimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 }
 
 // newCELEnv builds the environment every `when` is checked in. It is built
-// per Load (no package state) and is cheap next to compiling the rules.
+// per Load (no package state) and is cheap next to compiling the rules. Its
+// type adapter is a *celTypes, which Evaluate relies on.
 func newCELEnv() (*cel.Env, error) {
 	return cel.NewEnv(
 		ext.NativeTypes(
@@ -78,6 +78,7 @@ func newCELEnv() (*cel.Env, error) {
 			types.NativeTypeFor[celAlert](types.NativeTypeAlias("scanhook.Alert")),
 			types.NativeTypeFor[celDevice](types.NativeTypeAlias("scanhook.Device")),
 		),
+		celFastObjects(),
 		cel.Variable("alert", cel.ObjectType("scanhook.Alert")),
 		cel.Variable("device", cel.ObjectType("scanhook.Device")),
 		ext.Strings(),
@@ -127,49 +128,6 @@ func compileWhen(env *cel.Env, expr string) (cel.Program, string) {
 		return nil, "when: " + err.Error()
 	}
 	return prg, ""
-}
-
-// activation resolves `alert` and `device` without building a map per
-// evaluation; the values are adapted to CEL once per Evaluate / device.
-type activation struct {
-	alert  ref.Val
-	device ref.Val
-}
-
-func (a *activation) ResolveName(name string) (any, bool) {
-	switch name {
-	case "alert":
-		return a.alert, a.alert != nil
-	case "device":
-		return a.device, a.device != nil
-	}
-	return nil, false
-}
-
-func (a *activation) Parent() interpreter.Activation { return nil }
-
-func toCELAlert(a *alert.Alert) *celAlert {
-	c := &celAlert{
-		ID:              a.ID,
-		Source:          a.Source,
-		Severity:        string(a.Severity),
-		SeverityRank:    int64(a.Severity.Rank()),
-		Title:           a.Title,
-		Description:     a.Description,
-		Category:        a.Category,
-		DetectionSource: a.DetectionSource,
-		ThreatFamily:    a.ThreatFamily,
-		Status:          a.Status,
-		MitreTechniques: nonNil(a.MitreTechniques),
-		Tags:            nonNil(a.Tags),
-		TenantID:        a.TenantID,
-		URL:             a.URL,
-		Devices:         make([]celDevice, len(a.Devices)),
-	}
-	for i, d := range a.Devices {
-		c.Devices[i] = celDevice{ID: d.ID, DNSName: d.DNSName, AADDeviceID: d.AADDeviceID}
-	}
-	return c
 }
 
 func nonNil(s []string) []string {

@@ -16,7 +16,7 @@ import (
 type evaluation struct {
 	rs  *Ruleset
 	a   *alert.Alert
-	act *activation // nil unless some rule uses CEL
+	cel *celState // nil unless some rule uses CEL
 
 	sevRank int
 	vals    [fRaw]values // the alert's fields, then the device's per device
@@ -38,24 +38,22 @@ type evaluation struct {
 // dropped devices.
 func (rs *Ruleset) Evaluate(a *alert.Alert) []Decision {
 	base := Decision{AlertID: a.ID, Source: a.Source, Scan: ScanNone}
-	devs := make([]alert.Device, len(a.Devices))
-	copy(devs, a.Devices)
-
 	if a.Skip != "" {
-		if len(devs) == 0 {
+		if len(a.Devices) == 0 {
 			d := base
 			d.Reason = a.Skip
 			return []Decision{d}
 		}
-		out := make([]Decision, len(devs))
+		devs, out := newDecisions(a.Devices, 0)
 		for i := range devs {
-			out[i] = base
-			out[i].Device = &devs[i]
-			out[i].Reason = a.Skip
+			d := base
+			d.Device = &devs[i]
+			d.Reason = a.Skip
+			out = append(out, d)
 		}
 		return out
 	}
-	if len(devs) == 0 {
+	if len(a.Devices) == 0 {
 		d := base
 		d.Reason = "no usable device"
 		if len(a.Dropped) > 0 {
@@ -68,7 +66,7 @@ func (rs *Ruleset) Evaluate(a *alert.Alert) []Decision {
 		return []Decision{d}
 	}
 
-	out := make([]Decision, 0, len(devs)+len(a.Dropped))
+	devs, out := newDecisions(a.Devices, len(a.Dropped))
 	ev := evaluation{rs: rs, a: a, sevRank: a.Severity.Rank()}
 	ev.vals = [fRaw]values{
 		fSource:          {one: a.Source},
@@ -83,10 +81,12 @@ func (rs *Ruleset) Evaluate(a *alert.Alert) []Decision {
 		fTenantID:        {one: a.TenantID},
 	}
 	if rs.usesCEL {
-		ev.act = &activation{alert: rs.adapter.NativeToValue(toCELAlert(a))}
+		// devs is a copy of a.Devices, so devs[i] is the state's devs[i].
+		// The adapter is always newCELEnv's.
+		ev.cel = newCELState(rs.adapter.(*celTypes), a)
 	}
 	for i := range devs {
-		out = append(out, ev.decide(base, &devs[i]))
+		out = append(out, ev.decide(base, i, &devs[i]))
 	}
 	for _, dr := range a.Dropped {
 		d := base
@@ -96,11 +96,35 @@ func (rs *Ruleset) Evaluate(a *alert.Alert) []Decision {
 	return out
 }
 
+// decisionBuf holds the decisions of the usual alert (one device, none
+// dropped) together with the copy of the device they point to, so that
+// they cost one allocation rather than two.
+type decisionBuf struct {
+	out [1]Decision
+	dev [1]alert.Device
+}
+
+// newDecisions returns a copy of devices, so that decisions do not point
+// into the caller's alert, and an empty slice with room for a decision per
+// device and extra more.
+func newDecisions(devices []alert.Device, extra int) ([]alert.Device, []Decision) {
+	var devs []alert.Device
+	var out []Decision
+	if len(devices) == 1 && extra == 0 {
+		buf := &decisionBuf{}
+		devs, out = buf.dev[:], buf.out[:0]
+	} else {
+		devs, out = make([]alert.Device, len(devices)), make([]Decision, 0, len(devices)+extra)
+	}
+	copy(devs, devices)
+	return devs, out
+}
+
 func dropped(d alert.DroppedDevice) string {
 	return strconv.Quote(clip(d.Value)) + " (" + d.Reason + ")"
 }
 
-func (ev *evaluation) decide(base Decision, dev *alert.Device) Decision {
+func (ev *evaluation) decide(base Decision, i int, dev *alert.Device) Decision {
 	d := base
 	d.Device = dev
 	rs := ev.rs
@@ -108,10 +132,10 @@ func (ev *evaluation) decide(base Decision, dev *alert.Device) Decision {
 	ev.vals[fDeviceDNSName] = values{one: dev.DNSName}
 	ev.vals[fDeviceID] = values{one: dev.ID}
 	if rs.usesCEL {
-		ev.act.device = nil
+		ev.cel.device = &ev.cel.alert.devs[i]
 	}
 	for _, r := range rs.rules {
-		if !ev.matches(r, dev) {
+		if !ev.matches(r) {
 			continue
 		}
 		d.Rule = r.name
@@ -149,7 +173,7 @@ func (ev *evaluation) decide(base Decision, dev *alert.Device) Decision {
 	return d
 }
 
-func (ev *evaluation) matches(r *rule, dev *alert.Device) bool {
+func (ev *evaluation) matches(r *rule) bool {
 	for i := range r.conds {
 		c := &r.conds[i]
 		switch {
@@ -175,10 +199,7 @@ func (ev *evaluation) matches(r *rule, dev *alert.Device) bool {
 	if r.when == nil {
 		return true
 	}
-	if ev.act.device == nil {
-		ev.act.device = ev.rs.adapter.NativeToValue(&celDevice{ID: dev.ID, DNSName: dev.DNSName, AADDeviceID: dev.AADDeviceID})
-	}
-	out, _, err := r.when.Eval(ev.act)
+	out, _, err := r.when.Eval(ev.cel)
 	if err != nil {
 		ev.notes = append(ev.notes, "rule "+strconv.Quote(r.name)+": when failed: "+err.Error())
 		return false
