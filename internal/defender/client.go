@@ -355,6 +355,42 @@ func (c *Client) FindMachineByDNSName(ctx context.Context, name string) (*Machin
 	return best, nil
 }
 
+// FindMachineByAADDeviceID finds a machine by its Entra ID (Azure AD)
+// device id, the GUID Sentinel host entities, Graph and Defender alerts
+// carry. No match is a NotFound error; several matches (a re-onboarded
+// device) give the one seen most recently.
+func (c *Client) FindMachineByAADDeviceID(ctx context.Context, id string) (*Machine, error) {
+	const op = "findMachineByAadDeviceId"
+	// An Entra ID device id has the canonical GUID form of an action id;
+	// holding the value to it keeps anything else out of the filter, which
+	// odataString then only has to quote.
+	if !ValidActionID(id) {
+		return nil, c.invalid(op, "AAD device id %q is not a GUID", id)
+	}
+	id = strings.ToLower(id)
+	var list struct {
+		Value *[]Machine `json:"value"`
+	}
+	err := c.do(ctx, request{
+		op: op, family: MachineReads, method: http.MethodGet,
+		path:  "/api/machines",
+		query: "$filter=" + queryEscape("aadDeviceId eq "+odataString(id)),
+		want:  []int{http.StatusOK},
+	}, &list)
+	if err != nil {
+		return nil, err
+	}
+	if list.Value == nil {
+		return nil, c.malformed(op, http.StatusOK, errors.New(`the response has no "value" list`))
+	}
+	best := mostRecentlySeen(*list.Value)
+	if best == nil {
+		return nil, &Error{Kind: NotFound, Op: op, Status: http.StatusOK,
+			Message: fmt.Sprintf("no machine has aadDeviceId %q", id)}
+	}
+	return best, nil
+}
+
 // mostRecentlySeen picks, among machines with an id, the one with the
 // latest lastSeen; the first one on a tie, nil when there is none.
 func mostRecentlySeen(ms []Machine) *Machine {

@@ -63,11 +63,14 @@ func GenerateMachines(n int) []Machine {
 type inventory struct {
 	list   []Machine
 	byID   map[string]int
-	byName map[string]int // lower-case DNS name and its first label
+	byName map[string]int // lower-case DNS name
+	// byLabel maps a lower-case computer name (the first label of a DNS
+	// name) to its machine, or to -1 when several machines share it.
+	byLabel map[string]int
 }
 
 func newInventory(ms []Machine) (*inventory, error) {
-	inv := &inventory{byID: map[string]int{}, byName: map[string]int{}}
+	inv := &inventory{byID: map[string]int{}, byName: map[string]int{}, byLabel: map[string]int{}}
 	for i, m := range ms {
 		if !machineIDRe.MatchString(m.ID) {
 			return nil, fmt.Errorf("defendersim: machine %d: id %q is not 40 lower-case hex characters", i, m.ID)
@@ -95,6 +98,13 @@ func newInventory(ms []Machine) (*inventory, error) {
 		inv.list = append(inv.list, m)
 		inv.byID[m.ID] = i
 		inv.byName[name] = i
+		if label, _, ok := strings.Cut(name, "."); ok && label != "" {
+			if _, dup := inv.byLabel[label]; dup {
+				inv.byLabel[label] = -1
+			} else {
+				inv.byLabel[label] = i
+			}
+		}
 	}
 	return inv, nil
 }
@@ -108,14 +118,26 @@ func (inv *inventory) all() []Machine {
 	return out
 }
 
-// lookup finds a machine by id or computer name (the full DNS name,
-// case-insensitively), as GET /api/machines/{id} does.
+// lookup finds a machine by id or computer name, case-insensitively, as
+// GET /api/machines/{id} does. The computer name is the full DNS name or,
+// for a key without a dot, the DNS name's first label ("ws-042" for
+// ws-042.contoso.com): the documentation says the endpoint takes "the
+// computer name", and Windows computer names have no domain. A label that
+// several machines share (the same name in two domains) finds none: the
+// documentation does not say which one Defender picks, and the simulator
+// does not guess.
 func (inv *inventory) lookup(key string) (Machine, bool) {
-	if i, ok := inv.byID[strings.ToLower(key)]; ok {
+	key = strings.ToLower(key)
+	if i, ok := inv.byID[key]; ok {
 		return inv.list[i], true
 	}
-	if i, ok := inv.byName[strings.ToLower(key)]; ok {
+	if i, ok := inv.byName[key]; ok {
 		return inv.list[i], true
+	}
+	if !strings.Contains(key, ".") {
+		if i, ok := inv.byLabel[key]; ok && i >= 0 {
+			return inv.list[i], true
+		}
 	}
 	return Machine{}, false
 }

@@ -224,7 +224,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
 	case kind == defender.NotFound && cached:
 		// The name's cached machine may have been re-onboarded under a new
 		// id: forget it and resolve afresh on the next attempt.
-		d.res.forget(j.Device.DNSName)
+		d.forgetDevice(j.Device)
 		a.res.MachineID = ""
 		return d.retry(a, j, err, 0)
 	default:
@@ -233,19 +233,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
 }
 
 // resolve finds the Defender machine id of a job's device: its id when the
-// alert gave a valid one, else a lookup by DNS name (cached).
+// alert gave a valid one, else a lookup by DNS name (a bare computer name
+// also by GET /api/machines/{name}), then by Entra ID device id, each
+// cached (see resolveDevice).
 func (d *Dispatcher) resolve(ctx context.Context, j store.Job) (id string, cached bool, err error) {
 	if defender.ValidMachineID(j.Device.ID) {
 		return strings.ToLower(j.Device.ID), false, nil
 	}
-	name := j.Device.DNSName
-	if name == "" {
-		if j.Device.ID != "" {
-			return "", false, permanent(fmt.Errorf("device id %q is not a Defender machine id and the alert gives no DNS name", j.Device.ID))
-		}
-		return "", false, permanent(errors.New("the device has no Defender machine id or DNS name to look it up by"))
-	}
-	return d.lookup(ctx, name)
+	return d.resolveDevice(ctx, j.Device)
 }
 
 // findAction looks for the scan a crashed attempt may have created: a

@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		resolves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scanhook_dispatch_resolves_total",
-			Help: "DNS name to machine id resolutions: cache_hit, cache_negative, found, not_found, error.",
+			Help: "Device to machine id lookups (DNS name, computer name or AAD device id): cache_hit, cache_negative, found, not_found, error.",
 		}, []string{"result"}),
 		pollBatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scanhook_dispatch_poll_batches_total",

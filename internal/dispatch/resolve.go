@@ -3,36 +3,136 @@ package dispatch
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
 )
 
-// lookup resolves a DNS name to a machine id through the cache.
+// noMachineError says a lookup found no machine (or could not be made with
+// the value given): the device may still be found by another of its names.
+type noMachineError struct{ err error }
+
+func (e noMachineError) Error() string { return e.err.Error() }
+func (e noMachineError) Unwrap() error { return e.err }
+
+func noMachine(err error) error { return permanent(noMachineError{err}) }
+
+func isNoMachine(err error) bool {
+	var nm noMachineError
+	return errors.As(err, &nm)
+}
+
+// resolveDevice looks up a device that has no valid machine id: by DNS
+// name, then, when the name finds nothing or there is none, by Entra ID
+// device id. cached reports that the id came from the cache, so that a scan
+// answered 404 can forget it.
 //
-// A name Defender does not know makes the job dead at once rather than
+// A device Defender does not know makes the job dead at once rather than
 // retried: Defender lists a device from its first report after onboarding,
 // so an alert naming a device Defender has never heard of is about a device
-// that is not onboarded, and waiting does not change that. The negative
-// entry (5 minutes by default) spares Defender a storm of lookups for the
-// same unknown name.
+// that is not onboarded, and waiting does not change that.
+func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device) (id string, cached bool, err error) {
+	name, aad := dev.DNSName, dev.AADDeviceID
+	var nameErr error
+	if name != "" {
+		id, cached, err := d.lookup(ctx, name)
+		if err == nil || aad == "" || !isNoMachine(err) {
+			return id, cached, err
+		}
+		nameErr = err
+	}
+	if aad == "" {
+		if dev.ID != "" {
+			return "", false, permanent(fmt.Errorf("device id %q is not a Defender machine id and the alert gives no DNS name or AAD device id", truncate(dev.ID, 128)))
+		}
+		return "", false, permanent(errors.New("the device has no Defender machine id, DNS name or AAD device id to look it up by"))
+	}
+	id, cached, err = d.lookupAAD(ctx, aad)
+	switch {
+	case err == nil || !isNoMachine(err):
+		return id, cached, err
+	case nameErr != nil:
+		return "", false, noMachine(fmt.Errorf("%v; %w", nameErr, err))
+	case dev.ID != "":
+		return "", false, noMachine(fmt.Errorf("%w (device id %q is not a Defender machine id and the alert gives no DNS name)", err, truncate(dev.ID, 128)))
+	default:
+		return "", false, noMachine(fmt.Errorf("%w (the device has no Defender machine id or DNS name)", err))
+	}
+}
+
+// lookup resolves a DNS name to a machine id through the cache. A name
+// without a dot is a computer name as Windows, Splunk and Elastic give it:
+// the computerDnsName filter matches whole DNS names only, so when it
+// finds nothing the name is asked of GET /api/machines/{name}, which takes
+// computer names.
+//
+// The negative entry (5 minutes by default) spares Defender a storm of
+// lookups for the same unknown name.
 func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached bool, err error) {
 	if !defender.ValidDNSName(name) {
-		return "", false, permanent(fmt.Errorf("device DNS name %q is not a valid computer name", truncate(name, 128)))
+		return "", false, noMachine(fmt.Errorf("device DNS name %q is not a valid computer name", truncate(name, 128)))
 	}
 	key := cacheKey(name)
 	if e, ok := d.res.get(key); ok {
 		if e.id == "" {
 			d.m.resolves.WithLabelValues("cache_negative").Inc()
-			return "", true, permanent(fmt.Errorf("no Defender machine named %q (looked up %s ago)", name, d.now().Sub(e.at).Round(time.Second)))
+			return "", true, noMachine(fmt.Errorf("no Defender machine named %q (looked up %s ago)", name, d.now().Sub(e.at).Round(time.Second)))
 		}
 		d.m.resolves.WithLabelValues("cache_hit").Inc()
 		return e.id, true, nil
 	}
 	m, err := d.def.FindMachineByDNSName(ctx, name)
+	bare := !strings.Contains(strings.TrimSuffix(name, "."), ".")
+	if bare && defender.KindOf(err) == defender.NotFound {
+		m, err = d.def.GetMachine(ctx, name)
+		if err == nil && m != nil && !namesComputer(m.ComputerDNSName, name) {
+			// Not the machine asked for: never scan a machine on a guess.
+			err = fmt.Errorf("Defender answered computer name %q with machine %s named %q: %w",
+				name, truncate(m.ID, 64), truncate(m.ComputerDNSName, 128), errNotThatMachine{})
+		}
+		if err != nil && isNotFound(err) {
+			err = fmt.Errorf("tried computerDnsName and the computer name: %w", err)
+		}
+	}
+	return d.settle(key, m, err, func(err error) error {
+		return fmt.Errorf("no Defender machine named %q: %w", name, err)
+	}, func(err error) error {
+		return fmt.Errorf("resolve device %q: %w", name, err)
+	})
+}
+
+// lookupAAD resolves an Entra ID (Azure AD) device id to a machine id
+// through the cache, in its own key space.
+func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cached bool, err error) {
+	key := aadCacheKey(aad)
+	if e, ok := d.res.get(key); ok {
+		if e.id == "" {
+			d.m.resolves.WithLabelValues("cache_negative").Inc()
+			return "", true, noMachine(fmt.Errorf("no Defender machine with AAD device id %q (looked up %s ago)", aad, d.now().Sub(e.at).Round(time.Second)))
+		}
+		d.m.resolves.WithLabelValues("cache_hit").Inc()
+		return e.id, true, nil
+	}
+	m, err := d.def.FindMachineByAADDeviceID(ctx, aad)
+	if defender.KindOf(err) == defender.Invalid {
+		// Checked before sending: a value that is no GUID finds nothing.
+		d.m.resolves.WithLabelValues("error").Inc()
+		return "", false, noMachine(fmt.Errorf("AAD device id %q cannot be looked up: %w", truncate(aad, 64), err))
+	}
+	return d.settle(key, m, err, func(err error) error {
+		return fmt.Errorf("no Defender machine with AAD device id %q: %w", aad, err)
+	}, func(err error) error {
+		return fmt.Errorf("resolve AAD device id %q: %w", aad, err)
+	})
+}
+
+// settle counts, caches and words the answer of one lookup.
+func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound, failed func(error) error) (string, bool, error) {
 	switch {
 	case err == nil && m != nil && defender.ValidMachineID(m.ID):
 		d.m.resolves.WithLabelValues("found").Inc()
@@ -41,18 +141,58 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 		return id, false, nil
 	case err == nil:
 		d.m.resolves.WithLabelValues("error").Inc()
-		return "", false, fmt.Errorf("resolve device %q: Defender returned machine id %q, not 40 hex characters", name, m.ID)
-	case defender.KindOf(err) == defender.NotFound:
+		id := ""
+		if m != nil {
+			id = m.ID
+		}
+		return "", false, failed(fmt.Errorf("Defender returned machine id %q, not 40 hex characters", truncate(id, 64)))
+	case isNotFound(err):
 		d.m.resolves.WithLabelValues("not_found").Inc()
 		d.res.put(key, "")
-		return "", false, permanent(fmt.Errorf("no Defender machine named %q: %w", name, err))
+		return "", false, noMachine(notFound(err))
 	default:
 		d.m.resolves.WithLabelValues("error").Inc()
-		return "", false, fmt.Errorf("resolve device %q: %w", name, err)
+		return "", false, failed(err)
+	}
+}
+
+// errNotThatMachine marks an answer naming another machine than asked.
+type errNotThatMachine struct{}
+
+func (errNotThatMachine) Error() string { return "not the machine asked for" }
+
+func isNotFound(err error) bool {
+	return defender.KindOf(err) == defender.NotFound || errors.As(err, new(errNotThatMachine))
+}
+
+// namesComputer reports whether a machine's computerDnsName is the
+// computer name asked for: the same name, or a DNS name whose first label
+// it is. An answer without a name is taken at its word.
+func namesComputer(dnsName, computer string) bool {
+	computer = strings.TrimSuffix(computer, ".")
+	if dnsName == "" || strings.EqualFold(dnsName, computer) {
+		return true
+	}
+	label, _, _ := strings.Cut(dnsName, ".")
+	return strings.EqualFold(label, computer)
+}
+
+// forgetDevice drops what the cache holds for a device's names, for a
+// machine id Defender no longer knows.
+func (d *Dispatcher) forgetDevice(dev alert.Device) {
+	if dev.DNSName != "" {
+		d.res.forget(dev.DNSName)
+	}
+	if dev.AADDeviceID != "" {
+		d.res.forgetKey(aadCacheKey(dev.AADDeviceID))
 	}
 }
 
 func cacheKey(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
+
+// aadCacheKey keeps Entra ID device ids apart from DNS names, which can
+// never contain ':'.
+func aadCacheKey(aad string) string { return "aad:" + strings.ToLower(aad) }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {
@@ -61,8 +201,8 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// resolveCache remembers DNS name → machine id (or "no such machine") for a
-// while, least recently used names evicted first.
+// resolveCache remembers DNS name or "aad:"+AAD device id → machine id (or
+// "no such machine") for a while, least recently used keys evicted first.
 type resolveCache struct {
 	size        int
 	ttl, negTTL time.Duration
@@ -121,8 +261,9 @@ func (c *resolveCache) put(key, id string) {
 	}
 }
 
-func (c *resolveCache) forget(name string) {
-	key := cacheKey(name)
+func (c *resolveCache) forget(name string) { c.forgetKey(cacheKey(name)) }
+
+func (c *resolveCache) forgetKey(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
