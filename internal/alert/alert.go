@@ -45,9 +45,9 @@ func (s Severity) Rank() int {
 // Valid reports whether s is one of the normalized severities.
 func (s Severity) Valid() bool { return s.Rank() >= 0 }
 
-// Device is one device an alert names. ID and DNSName are either empty or
-// checked: ID is a 40-hex Defender machine id (lower case), DNSName a valid
-// host name (lower case).
+// Device is one device an alert names, by at least one of its fields. Each
+// is either empty or checked: ID is a 40-hex Defender machine id, DNSName a
+// valid host name, AADDeviceID a GUID (all lower case).
 type Device struct {
 	ID          string `json:"id,omitempty"`
 	DNSName     string `json:"dns_name,omitempty"`
@@ -55,12 +55,16 @@ type Device struct {
 }
 
 // Key identifies the device for cooldowns and "one open scan per device":
-// the machine id when known, else the DNS name.
+// the machine id when known, else the DNS name, else the AAD device id.
 func (d Device) Key() string {
-	if d.ID != "" {
+	switch {
+	case d.ID != "":
 		return "id:" + d.ID
+	case d.DNSName != "":
+		return "dns:" + d.DNSName
+	default:
+		return "aad:" + d.AADDeviceID
 	}
-	return "dns:" + d.DNSName
 }
 
 // DroppedDevice is a device the alert named that cannot be used, and why.

@@ -214,13 +214,11 @@ func (d *deviceSet) drop(value, reason string) {
 
 // add takes one device as the source names it. A machine id is used only when
 // it is 40 hex; anything else is never an id, and the device then stands on
-// its DNS name alone, if that is a host name.
+// its DNS name, if that is a host name, or on its Entra ID (Azure AD) device
+// id, if that is a GUID: the dispatcher can look a machine up by either.
 func (d *deviceSet) add(id, dns, aad string) {
 	id, dns, aad = strings.TrimSpace(id), strings.TrimSpace(dns), strings.TrimSpace(aad)
-	if id == "" && dns == "" {
-		if aad != "" {
-			d.drop(aad, "only an Azure AD device id, no machine id or DNS name")
-		}
+	if id == "" && dns == "" && aad == "" {
 		return
 	}
 	var dev Device
@@ -228,7 +226,10 @@ func (d *deviceSet) add(id, dns, aad string) {
 		dev.ID = strings.ToLower(id)
 	}
 	dev.DNSName = normalizeDNSName(dns)
-	if dev.ID == "" && dev.DNSName == "" {
+	if validGUID(aad) {
+		dev.AADDeviceID = strings.ToLower(aad)
+	}
+	if dev.ID == "" && dev.DNSName == "" && dev.AADDeviceID == "" {
 		var why []string
 		if id != "" {
 			why = append(why, "machine id is not 40 hexadecimal characters")
@@ -238,21 +239,25 @@ func (d *deviceSet) add(id, dns, aad string) {
 		} else {
 			why = append(why, "no DNS name")
 		}
+		if aad != "" {
+			why = append(why, "Azure AD device id is not a GUID")
+		}
 		value := dns
 		if value == "" {
 			value = id
 		}
+		if value == "" {
+			value = aad
+		}
 		d.drop(value, strings.Join(why, "; "))
 		return
-	}
-	if validGUID(aad) {
-		dev.AADDeviceID = strings.ToLower(aad)
 	}
 	for i := range d.devices {
 		e := &d.devices[i]
 		sameID := dev.ID != "" && e.ID == dev.ID
 		sameName := dev.DNSName != "" && e.DNSName == dev.DNSName && (dev.ID == "" || e.ID == "")
-		if !sameID && !sameName {
+		sameAAD := dev.AADDeviceID != "" && e.AADDeviceID == dev.AADDeviceID && (dev.ID == "" || e.ID == "" || dev.ID == e.ID)
+		if !sameID && !sameName && !sameAAD {
 			continue
 		}
 		if e.ID == "" {
@@ -270,6 +275,9 @@ func (d *deviceSet) add(id, dns, aad string) {
 		v := dev.ID
 		if v == "" {
 			v = dev.DNSName
+		}
+		if v == "" {
+			v = dev.AADDeviceID
 		}
 		d.drop(v, fmt.Sprintf("more than %d devices in one alert", MaxDevicesPerAlert))
 		return

@@ -653,17 +653,24 @@ func TestDeviceDedup(t *testing.T) {
 	ds.add("abcdefabcdefabcdefabcdefabcdefabcdefabcd", "", "")
 	ds.add("1111111111111111111111111111111111111111", "host.example.com", "") // same name, other id: another device
 	ds.add("", "host.example.com", "")
-	ds.add("", "", "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9")
+	ds.add("", "", "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9") // the first device's AAD id: the same device
 	ds.add("", "", "")
+	ds.add("", "", "FFFFFFFF-4E5F-6071-8293-A4B5C6D7E8F9") // known only by its AAD id: the dispatcher looks it up
+	ds.add("", "", "ffffffff-4e5f-6071-8293-a4b5c6d7e8f9")
+	ds.add("", "", "not-a-guid")
 	want := []Device{
 		{ID: "abcdefabcdefabcdefabcdefabcdefabcdefabcd", DNSName: "host.example.com", AADDeviceID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"},
 		{ID: "1111111111111111111111111111111111111111", DNSName: "host.example.com"},
+		{AADDeviceID: "ffffffff-4e5f-6071-8293-a4b5c6d7e8f9"},
 	}
 	if !slices.Equal(ds.devices, want) {
 		t.Errorf("devices\n got %+v\nwant %+v", ds.devices, want)
 	}
-	if len(ds.dropped) != 1 || !strings.Contains(ds.dropped[0].Reason, "Azure AD") {
+	if len(ds.dropped) != 1 || ds.dropped[0].Value != "not-a-guid" || !strings.Contains(ds.dropped[0].Reason, "Azure AD device id is not a GUID") {
 		t.Errorf("dropped %+v", ds.dropped)
+	}
+	if k := ds.devices[2].Key(); k != "aad:ffffffff-4e5f-6071-8293-a4b5c6d7e8f9" {
+		t.Errorf("Key of an AAD-only device = %q", k)
 	}
 }
 

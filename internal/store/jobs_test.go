@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/alert"
 )
 
 func TestLeaseExpiryAndFencing(t *testing.T) {
@@ -637,6 +639,39 @@ func TestMigrateUpgradesAnOlderDatabase(t *testing.T) {
 			}
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestAADOnlyDevice: a device known only by its Entra ID device id gets
+// its own key (cooldown, one open scan) and is found in the audit trail by
+// that id.
+func TestAADOnlyDevice(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		s := b.open(t)
+		const aad = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+		d := &alert.Device{AADDeviceID: aad}
+		first := mustIngest(t, s, delivery(alertIn("aad-1", quick(d))))
+		if len(first.Decisions) != 1 || first.Decisions[0].Status != StatusQueued {
+			t.Fatalf("first decision %+v, want queued", first.Decisions)
+		}
+		again := mustIngest(t, s, delivery(alertIn("aad-2", quick(d))))
+		if again.Decisions[0].Status != StatusDuplicate {
+			t.Errorf("second alert for the same AAD device: %+v, want duplicate of the open scan", again.Decisions[0])
+		}
+		other := mustIngest(t, s, delivery(alertIn("aad-3", quick(&alert.Device{AADDeviceID: "ffffffff-4e5f-6071-8293-a4b5c6d7e8f9"}))))
+		if other.Decisions[0].Status != StatusQueued {
+			t.Errorf("another AAD device: %+v, want queued", other.Decisions[0])
+		}
+		recs, err := s.ListScans(ctx, ScanQuery{Device: strings.ToUpper(aad)})
+		if err != nil || len(recs) != 2 {
+			t.Fatalf("ListScans(device=AAD id) = %d records, %v; want the two decisions for it", len(recs), err)
+		}
+		for _, r := range recs {
+			if r.Device == nil || r.Device.AADDeviceID != aad {
+				t.Errorf("record device %+v", r.Device)
 			}
 		}
 	})

@@ -205,8 +205,8 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 		args  []any
 	)
 	if dev := strings.ToLower(strings.TrimSpace(sq.Device)); dev != "" {
-		where = append(where, `(d.device_id = ? OR d.device_dns = ? OR j.machine_id = ?)`)
-		args = append(args, dev, dev, dev)
+		where = append(where, `(d.device_id = ? OR d.device_dns = ? OR d.device_aad = ? OR j.machine_id = ?)`)
+		args = append(args, dev, dev, dev, dev)
 	}
 	if st := strings.ToLower(strings.TrimSpace(sq.Status)); st != "" {
 		where = append(where, `(d.status = ? OR j.state = ? OR LOWER(a.status) = ?)`)

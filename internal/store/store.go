@@ -287,7 +287,7 @@ type Stats struct {
 
 // ScanQuery filters the audit trail.
 type ScanQuery struct {
-	// Device matches the decision's machine id or DNS name, or the
+	// Device matches the decision's machine id, DNS name or AAD device id, or the
 	// machine id its job resolved to (case-insensitive).
 	Device string
 	// Status matches the decision status, the job state or the action
