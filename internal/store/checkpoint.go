@@ -23,8 +23,8 @@ import (
 // the checkpointing instead.
 //
 // Durability does not change: a commit is durable once its frames are in the
-// WAL and the WAL is fsynced, which still happens for every commit before
-// its callers are answered (walsync.go). A checkpoint only copies already-durable frames into
+// WAL and the WAL is fsynced, which the writer still does on every commit
+// (synchronous=FULL). A checkpoint only copies already-durable frames into
 // the database file (fsyncing that file before the WAL may be reused), so
 // when it runs, and on which connection, decides the WAL's size, not what a
 // crash can lose.

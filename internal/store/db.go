@@ -88,11 +88,6 @@ const (
 	roleCheckpointer
 )
 
-// writerCacheKiB is the SQLite writer connection's page cache. The
-// indexes an ingest touches at random take about 40 bytes an alert each,
-// so 32 MiB keeps them in memory for the first few hundred thousand alerts.
-const writerCacheKiB = 32 << 10
-
 func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, error) {
 	if dsn == "" {
 		return "", errors.New("store dsn: empty SQLite file path")
@@ -105,19 +100,13 @@ func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, erro
 		dsn = "file:" + dsn
 	}
 	q := url.Values{}
-	// WAL: readers never block the writer. Every acknowledged commit is
-	// fsynced, so an acknowledged alert survives not only a SIGKILL but a
-	// power cut or kernel panic too; group commit makes one fsync cover a
-	// whole batch.
+	// WAL: readers never block the writer. synchronous=FULL: every commit
+	// is fsynced, so an acknowledged alert survives not only a SIGKILL
+	// (NORMAL would be enough for that) but a power cut or kernel panic
+	// too; group commit makes one fsync cover a whole batch, which is what
+	// keeps FULL affordable.
 	q.Add("_pragma", "journal_mode(WAL)")
-	if role == roleWriter {
-		// The writer's commits are made durable by its walSyncer, which
-		// fsyncs the WAL after COMMIT and before anyone is answered, so
-		// that the next batch runs while the disk works (walsync.go).
-		q.Add("_pragma", "synchronous(NORMAL)")
-	} else {
-		q.Add("_pragma", "synchronous(FULL)")
-	}
+	q.Add("_pragma", "synchronous(FULL)")
 	if role == roleCheckpointer {
 		q.Add("_pragma", "busy_timeout("+strconv.Itoa(checkpointBusyTimeoutMS)+")")
 	} else {
@@ -139,13 +128,6 @@ func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, erro
 		// this size, so one burst does not leave a larger file behind.
 		q.Add("_pragma", "wal_autocheckpoint(0)")
 		q.Add("_pragma", "journal_size_limit("+strconv.FormatInt(ckpt.restartAt, 10)+")")
-		// Every alert inserts into indexes keyed by hashes and ids (the
-		// receipt, the alert's (source, id)), so each lands on a random
-		// page; with SQLite's default 2 MiB cache most of those were read
-		// from the file again, four reads per alert under load. The
-		// writer alone gets a larger cache: it is the one connection
-		// that does this, and it runs every ingest.
-		q.Add("_pragma", "cache_size(-"+strconv.Itoa(writerCacheKiB)+")")
 	case roleReader:
 		// Readers never commit, so they never run an automatic checkpoint.
 		q.Add("_pragma", "query_only(1)")
@@ -195,13 +177,7 @@ func (s *sqlStore) openSQLite(ctx context.Context, dsn string, ckpt checkpointCo
 		rdb.Close()
 		return fmt.Errorf("open sqlite %q: %w", dsn, err)
 	}
-	var walPath string
-	if err := wdb.QueryRowContext(ctx, `SELECT file FROM pragma_database_list WHERE name = 'main'`).Scan(&walPath); err != nil {
-		wdb.Close()
-		rdb.Close()
-		return fmt.Errorf("open sqlite %q: database file: %w", dsn, err)
-	}
-	s.writer = newWriter(wdb, walPath+"-wal", s.log)
+	s.writer = newWriter(wdb, s.log)
 	if !ckpt.off {
 		c, err := newCheckpointer(ctx, dsn, ckpt, s.writer, s.log)
 		if err != nil {
@@ -510,11 +486,6 @@ func retryable(err error) bool {
 }
 
 func (s *sqlStore) Ping(ctx context.Context) error {
-	if s.writer != nil {
-		if err := s.writer.sync.err(); err != nil {
-			return fmt.Errorf("ping store writer: %w", err)
-		}
-	}
 	if err := s.db.PingContext(ctx); err != nil {
 		return fmt.Errorf("ping store: %w", err)
 	}
@@ -543,10 +514,10 @@ func (s *sqlStore) Close() error {
 }
 
 // writer is SQLite's single writer with group commit: concurrent write
-// calls queue up while a transaction runs, and the next transaction takes
-// them all, each inside its own SAVEPOINT so that one failing call is
+// calls queue up while a commit is being fsynced, and the next transaction
+// takes them all, each inside its own SAVEPOINT so that one failing call is
 // rolled back alone. Every caller returns only after the transaction holding
-// its work has committed and the WAL has been fsynced (walSyncer).
+// its work has committed.
 type writer struct {
 	db      *sql.DB
 	stmts   *stmtCache
@@ -561,8 +532,6 @@ type writer struct {
 	// pauses parks the writer between two transactions until the channel
 	// received is closed (the checkpointer's RESTART).
 	pauses chan chan struct{}
-	// sync answers committed batches once the WAL is on disk.
-	sync *walSyncer
 }
 
 type writeReq struct {
@@ -575,9 +544,8 @@ type writeReq struct {
 // under a storm.
 const maxBatch = 256
 
-func newWriter(db *sql.DB, walPath string, log *slog.Logger) *writer {
+func newWriter(db *sql.DB, log *slog.Logger) *writer {
 	w := &writer{
-		sync:    newWALSyncer(walPath, log),
 		db:      db,
 		stmts:   &stmtCache{db: db, m: map[string]*sql.Stmt{}},
 		log:     log,
@@ -593,9 +561,6 @@ func newWriter(db *sql.DB, walPath string, log *slog.Logger) *writer {
 func (w *writer) do(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
-	}
-	if err := w.sync.err(); err != nil {
-		return fmt.Errorf("store writes stopped: %w", err)
 	}
 	r := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
@@ -628,11 +593,7 @@ func (w *writer) close() {
 }
 
 func (w *writer) loop() {
-	defer func() {
-		// Every committed batch is answered before exited closes.
-		w.sync.close()
-		close(w.exited)
-	}()
+	defer close(w.exited)
 	batch := make([]*writeReq, 0, maxBatch)
 	for {
 		batch = batch[:0]
@@ -738,5 +699,5 @@ func (w *writer) run(batch []*writeReq) {
 		return
 	}
 	w.commits.Add(1)
-	w.sync.add(ok)
+	fail(ok, nil)
 }

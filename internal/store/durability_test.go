@@ -21,7 +21,7 @@ const killDSNEnv = "SCANHOOK_STORE_KILL_DSN"
 // TestSQLiteSurvivesSIGKILL: a child process ingests from several
 // goroutines and prints each receipt once Ingest has returned; the parent
 // SIGKILLs it mid-stream and checks that every acknowledged delivery is in
-// the file. (Power loss is what the fsync before each answer adds on top; a test
+// the file. (Power loss is what synchronous=FULL adds on top; a test
 // cannot pull the plug.)
 func TestSQLiteSurvivesSIGKILL(t *testing.T) {
 	dsn := filepath.Join(t.TempDir(), "kill.db")

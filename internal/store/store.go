@@ -11,12 +11,10 @@
 // on the device's row, so that goroutines and replicas cannot race.
 //
 // On SQLite one writer goroutine owns the write connection and commits
-// concurrent calls together (group commit, a SAVEPOINT per call), in WAL mode;
-// a batch's callers are answered once an fsync of the WAL has covered it,
-// which runs while the writer goes on with the next batch (walsync.go), so
-// an acknowledged call survives a killed process and a power cut alike. WAL
-// checkpoints run on a connection of their own, off the writer's commits
-// (checkpoint.go). All
+// concurrent calls together (group commit, a SAVEPOINT per call), in WAL mode
+// with synchronous=FULL: one fsync per batch, and an acknowledged call
+// survives a killed process and a power cut alike. WAL checkpoints run on a
+// connection of their own, off the writer's commits (checkpoint.go). All
 // times are stored as Unix microseconds so both dialects share every query.
 package store
 
