@@ -78,13 +78,8 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 		return "", false, noMachine(fmt.Errorf("device DNS name %q is not a valid computer name", truncate(name, 128)))
 	}
 	key := cacheKey(name)
-	if e, ok := d.res.get(key); ok {
-		if e.id == "" {
-			d.m.resolves.WithLabelValues("cache_negative").Inc()
-			return "", true, noMachine(fmt.Errorf("no Defender machine named %q (looked up %s ago)", name, d.now().Sub(e.at).Round(time.Second)))
-		}
-		d.m.resolves.WithLabelValues("cache_hit").Inc()
-		return e.id, true, nil
+	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine named %q", name)); ok {
+		return id, true, err
 	}
 	m, err := d.def.FindMachineByDNSName(ctx, name)
 	bare := !strings.Contains(strings.TrimSuffix(name, "."), ".")
@@ -110,13 +105,8 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 // through the cache, in its own key space.
 func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cached bool, err error) {
 	key := aadCacheKey(aad)
-	if e, ok := d.res.get(key); ok {
-		if e.id == "" {
-			d.m.resolves.WithLabelValues("cache_negative").Inc()
-			return "", true, noMachine(fmt.Errorf("no Defender machine with AAD device id %q (looked up %s ago)", aad, d.now().Sub(e.at).Round(time.Second)))
-		}
-		d.m.resolves.WithLabelValues("cache_hit").Inc()
-		return e.id, true, nil
+	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine with AAD device id %q", aad)); ok {
+		return id, true, err
 	}
 	m, err := d.def.FindMachineByAADDeviceID(ctx, aad)
 	if defender.KindOf(err) == defender.Invalid {
@@ -129,6 +119,21 @@ func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cach
 	}, func(err error) error {
 		return fmt.Errorf("resolve AAD device id %q: %w", aad, err)
 	})
+}
+
+// fromCache answers a lookup from the cache when it can (ok): the machine
+// id, or, for a name remembered as unknown, an error saying notFound.
+func (d *Dispatcher) fromCache(key, notFound string) (id string, ok bool, err error) {
+	e, ok := d.res.get(key)
+	if !ok {
+		return "", false, nil
+	}
+	if e.id == "" {
+		d.m.resolves.WithLabelValues("cache_negative").Inc()
+		return "", true, noMachine(fmt.Errorf("%s (looked up %s ago)", notFound, d.now().Sub(e.at).Round(time.Second)))
+	}
+	d.m.resolves.WithLabelValues("cache_hit").Inc()
+	return e.id, true, nil
 }
 
 // settle counts, caches and words the answer of one lookup.
