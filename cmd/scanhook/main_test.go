@@ -75,11 +75,16 @@ func TestScanCommand(t *testing.T) {
 	const (
 		idA = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"
 		idB = "2e5bc9d7e413ddd7902c2932e418702b84d0cc07"
+		idC = "3e5bc9d7e413ddd7902c2932e418702b84d0cc07"
+		idD = "4e5bc9d7e413ddd7902c2932e418702b84d0cc07"
 	)
 	sim, err := defendersim.New(defendersim.Options{
 		Machines: []defendersim.Machine{
 			{ID: idA, ComputerDNSName: "mymachine1.contoso.com", OSPlatform: "Windows11", HealthStatus: "Active"},
 			{ID: idB, ComputerDNSName: "mymachine2.contoso.com", OSPlatform: "Windows11", HealthStatus: "Active"},
+			{ID: idC, ComputerDNSName: "ws-042.corp.contoso.com", OSPlatform: "Windows11", HealthStatus: "Active"},
+			{ID: idD, ComputerDNSName: "mymachine4.contoso.com", OSPlatform: "Windows11", HealthStatus: "Active",
+				AADDeviceID: "80fe8ff8-2624-418e-9591-41f0491218f9"},
 		},
 	})
 	if err != nil {
@@ -162,14 +167,27 @@ func TestScanCommand(t *testing.T) {
 			t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
 		}
 	})
+	t.Run("by bare computer name", func(t *testing.T) {
+		r := scan(good, "WS-042", "Quick")
+		if r.code != 0 || !strings.Contains(r.stdout, idC) {
+			t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("by AAD device id", func(t *testing.T) {
+		r := scan(good, "80FE8FF8-2624-418E-9591-41F0491218F9", "Quick")
+		if r.code != 0 || !strings.Contains(r.stdout, idD) {
+			t.Fatalf("exit %d: %s %s", r.code, r.stdout, r.stderr)
+		}
+	})
 	t.Run("unknown machine", func(t *testing.T) {
 		r := scan(good, strings.Repeat("ab", 20), "Quick")
 		if r.code != 4 {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
-		r = scan(good, "nosuch.contoso.com", "Quick")
-		if r.code != 4 {
-			t.Fatalf("unknown name: exit %d: %s", r.code, r.stderr)
+		for _, m := range []string{"nosuch.contoso.com", "nosuch", "00000000-0000-0000-0000-000000000000"} {
+			if r := scan(good, m, "Quick"); r.code != 4 {
+				t.Fatalf("unknown %q: exit %d: %s", m, r.code, r.stderr)
+			}
 		}
 	})
 	t.Run("wrong secret", func(t *testing.T) {

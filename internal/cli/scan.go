@@ -27,7 +27,7 @@ func scan(ctx context.Context, args []string, env Env) error {
 	fs := flag.NewFlagSet("scan", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	configFile := fs.String("config", env.getenv("SCANHOOK_CONFIG"), "service config file (or SCANHOOK_CONFIG)")
-	machine := fs.String("machine", "", "Defender machine id (40 hex characters) or computer DNS name")
+	machine := fs.String("machine", "", "Defender machine id (40 hex characters), computer DNS or bare computer name, or Azure AD device id (a GUID)")
 	scanType := fs.String("type", "", "Quick or Full")
 	comment := fs.String("comment", "", "comment recorded with the action in Defender")
 	fs.Usage = func() {
@@ -53,9 +53,10 @@ func scan(ctx context.Context, args []string, env Env) error {
 		return usagef("scan: --type %q: want Quick or Full", *scanType)
 	}
 	id := strings.ToLower(strings.TrimSpace(*machine))
-	byName := !alert.ValidMachineID(id)
+	byAAD := defender.ValidActionID(id) // the same GUID shape
+	byName := !alert.ValidMachineID(id) && !byAAD
 	if byName && !alert.ValidDNSName(strings.TrimSuffix(id, ".")) {
-		return usagef("scan: --machine %q is neither a machine id (40 hex characters) nor a DNS name", *machine)
+		return usagef("scan: --machine %q is neither a machine id (40 hex characters), a DNS name nor an Azure AD device id", *machine)
 	}
 
 	cfg, err := loadConfig(env, *configFile)
@@ -67,8 +68,8 @@ func scan(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return fmt.Errorf("defender client: %w", err)
 	}
-	if byName {
-		m, err := client.FindMachineByDNSName(ctx, strings.TrimSuffix(id, "."))
+	if byName || byAAD {
+		m, err := findMachine(ctx, client, strings.TrimSuffix(id, "."), byAAD)
 		if err != nil {
 			return scanExit(fmt.Errorf("resolve machine %q: %w", *machine, err))
 		}
@@ -86,6 +87,30 @@ func scan(ctx context.Context, args []string, env Env) error {
 		return scanExit(fmt.Errorf("scan machine %s: %w", id, err))
 	}
 	return nil
+}
+
+// findMachine looks a machine up as the dispatcher does: an AAD device id
+// by aadDeviceId, a DNS name by computerDnsName, and a bare computer name,
+// which that filter does not match, by GET /api/machines/{name}.
+func findMachine(ctx context.Context, client *defender.Client, name string, aad bool) (*defender.Machine, error) {
+	if aad {
+		return client.FindMachineByAADDeviceID(ctx, name)
+	}
+	m, err := client.FindMachineByDNSName(ctx, name)
+	if strings.Contains(name, ".") || defender.KindOf(err) != defender.NotFound {
+		return m, err
+	}
+	m, err = client.GetMachine(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	label, _, _ := strings.Cut(m.ComputerDNSName, ".")
+	if !strings.EqualFold(label, name) {
+		// Never scan a machine on a guess.
+		return nil, &defender.Error{Kind: defender.NotFound, Op: "getMachine",
+			Message: fmt.Sprintf("Defender answered computer name %q with a machine named %q", name, m.ComputerDNSName)}
+	}
+	return m, nil
 }
 
 // scanExit maps a Defender error kind to the command's exit code.
