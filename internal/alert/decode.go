@@ -113,9 +113,9 @@ func Decode(source string, body []byte, opts Options) ([]Alert, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, &FieldError{Field: rootPath, Msg: "empty body"}
 	}
-	var v any
-	if err := json.Unmarshal(body, &v); err != nil {
-		return nil, &FieldError{Field: rootPath, Msg: "not valid JSON: " + jsonErrText(err)}
+	v, err := parseJSON(body)
+	if err != nil {
+		return nil, &FieldError{Field: rootPath, Msg: "not valid JSON: " + parseErrText(err)}
 	}
 	alerts, err := dec(node{v: v}, body, opts)
 	if err != nil {
@@ -142,19 +142,25 @@ func jsonErrText(err error) string {
 
 // rawItems returns the raw bytes of each element of the array found under key
 // in the top-level object of body (key "" means body itself is the array), so
-// that Alert.Raw holds each alert exactly as it was sent.
+// that Alert.Raw holds each alert exactly as it was sent. The body has been
+// parsed already: the elements are found by skipping over it, not by parsing
+// it again. They share one copy of the array, so that Raw does not hold on
+// to the caller's buffer.
 func rawItems(body []byte, key string) ([]json.RawMessage, error) {
-	arr := body
-	if key != "" {
-		var top map[string]json.RawMessage
-		if err := json.Unmarshal(body, &top); err != nil {
-			return nil, err
-		}
-		arr = top[key]
+	spans, err := arrayItemSpans(body, key)
+	if err != nil {
+		return nil, fmt.Errorf("raw items under %q: %w", key, err)
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(arr, &items); err != nil {
-		return nil, err
+	items := make([]json.RawMessage, len(spans))
+	if len(spans) == 0 {
+		return items, nil
+	}
+	base := spans[0][0]
+	all := bytes.Clone(body[base:spans[len(spans)-1][1]])
+	for i, s := range spans {
+		// Full slice expressions: an append to one Raw must not write
+		// over the next.
+		items[i] = all[s[0]-base : s[1]-base : s[1]-base]
 	}
 	return items, nil
 }
