@@ -14,6 +14,10 @@
 #   rate: a constant $RATE alerts/s for $DURATION: the latency a sender sees
 #         at the target load (p50/p90/p99/max);
 #   max:  $CONNECTIONS senders back to back for $DURATION: the capacity.
+# With WARMUP set, a warm-up phase comes first: $WARMUP_RATE alerts/s for
+# $WARMUP, naming the same devices, reported but not held to the targets. It
+# tells the start of a fresh process (every device new, caches and heap
+# empty) from a service that has been running.
 # Afterwards it reads scanhook's peak RSS (VmHWM), kills it with SIGKILL (no
 # graceful flush) and checks that the receipt of every 202 is in the SQLite
 # file: every accepted alert was committed before it was acknowledged.
@@ -33,6 +37,9 @@
 #   DEVICES=500       distinct machines named by the alerts
 #   INVENTORY=2000    machines in the simulator
 #   PHASES="rate max" which phases to run
+#   WARMUP=           length of a warm-up phase before them (e.g. 5s; unset:
+#                     none, the rate phase starts on a fresh process)
+#   WARMUP_RATE=200   alerts/s of the warm-up
 #   KEEP=1            keep the temp dir (config, DB, logs, results)
 #   STRICT=1          exit 2 when a performance target is missed
 #   SCANHOOK_ENV      extra environment for scanhook only, e.g.
@@ -46,7 +53,7 @@
 #   PROFILE=1         run scanhook as scripts/profserve (the same code with
 #                     net/http/pprof on loopback) and save CPU, block, mutex
 #                     and goroutine profiles of each phase (kept in the temp
-#                     dir; PROFILE_SECONDS=15 long, from 3 s into the phase,
+#                     dir; PROFILE_SECONDS=15 long, from PROFILE_DELAY=3 s into the phase,
 #                     then a 3 s execution trace: keep DURATION >= 25s)
 # Exit status: 0 done (targets are reported, PASS or MISS), 1 a correctness
 # failure (a status other than 202, or the DB disagrees with the 202 count),
@@ -60,6 +67,8 @@ THREADS=${THREADS:-2}
 DEVICES=${DEVICES:-500}
 INVENTORY=${INVENTORY:-2000}
 PHASES=${PHASES:-rate max}
+WARMUP=${WARMUP:-}
+WARMUP_RATE=${WARMUP_RATE:-200}
 VEGETA_MODULE=github.com/tsenart/vegeta/v12@v12.13.0
 # The targets of issue 4.
 TARGET_RPS=2000
@@ -210,22 +219,23 @@ TOTAL_202=0
 UNEXPECTED=0
 RATE_RPS="" RATE_P99="" MAX_RPS=""
 run_phase() {
-	local phase=$1 rate workers
+	local phase=$1 rate workers duration=$DURATION
 	case $phase in
+	warmup) rate=$WARMUP_RATE duration=$WARMUP workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	rate) rate=$RATE workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	max) rate=0 workers=(-workers "$CONNECTIONS" -max-workers "$CONNECTIONS") ;;
 	*) die "unknown phase $phase (want rate or max)" ;;
 	esac
 	local load cpu0 cpu1 t0 t1 lt0 lt1
 	load=$(cut -d' ' -f1-3 /proc/loadavg)
-	log "phase $phase: rate=$rate/s senders=$CONNECTIONS duration=$DURATION (load average $load)"
+	log "phase $phase: rate=$rate/s senders=$CONNECTIONS duration=$duration (load average $load)"
 	cpu0=$(cpu_ticks "$SCANHOOK_PID")
 	children_cpu lt0
 	local prof_pid=""
 	if [[ -n $PPROF ]]; then
 		local secs=${PROFILE_SECONDS:-15} p=$WORK/prof/$phase
 		(
-			sleep 3
+			sleep "${PROFILE_DELAY:-3}"
 			curl -fsS -o "$p.block.pb.gz" "http://$PPROF/debug/pprof/block?seconds=$secs" &
 			curl -fsS -o "$p.mutex.pb.gz" "http://$PPROF/debug/pprof/mutex?seconds=$secs" &
 			curl -fsS -o "$p.cpu.pb.gz" "http://$PPROF/debug/pprof/profile?seconds=$secs" &
@@ -247,7 +257,7 @@ run_phase() {
 		-machines "$WORK/machines.json" -sample testdata/samples/mde-alert.json \
 		-devices "$DEVICES" -run "load-$phase-$$" || true; } |
 		GOMAXPROCS=$THREADS "$VEGETA" attack -lazy -format=json -rate="$rate" "${workers[@]}" \
-			-duration="$DURATION" -timeout=10s -max-body=4096 -keepalive=true >"$WORK/$phase.bin"
+			-duration="$duration" -timeout=10s -max-body=4096 -keepalive=true >"$WORK/$phase.bin"
 	t1=$(date +%s.%N)
 	cpu1=$(cpu_ticks "$SCANHOOK_PID")
 	if [[ -n $prof_pid ]]; then wait "$prof_pid" || log "phase $phase: a profile failed"; fi
@@ -289,7 +299,7 @@ run_phase() {
 	esac
 	log "phase $phase: $n202 accepted ($rps/s), p50 $p50 ms p90 $p90 ms p99 $p99 ms (after 5 s: $p99w) max $pmax ms, other: ${other:-none}, CPU: scanhook $cpu%, load tool $ltcpu% (of 200%)"
 }
-for phase in $PHASES; do
+for phase in ${WARMUP:+warmup} $PHASES; do
 	run_phase "$phase"
 done
 
@@ -327,7 +337,7 @@ check() { local v; v=$(verdict "$2"); [[ $v == PASS ]] || MISSED=1; printf '  %-
 echo
 echo "### scanhook load test ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go env GOVERSION), vegeta ${VEGETA_MODULE#*@})"
 echo
-echo "DURATION=$DURATION RATE=$RATE CONNECTIONS=$CONNECTIONS THREADS=$THREADS DEVICES=$DEVICES INVENTORY=$INVENTORY${SCANHOOK_ENV:+ SCANHOOK_ENV=\"$SCANHOOK_ENV\"}${SQLITE_PRAGMAS:+ SQLITE_PRAGMAS=\"$SQLITE_PRAGMAS\"}${INGEST_PER_SECOND:+ INGEST_PER_SECOND=$INGEST_PER_SECOND} scripts/load.sh"
+echo "${WARMUP:+WARMUP=$WARMUP WARMUP_RATE=$WARMUP_RATE }DURATION=$DURATION RATE=$RATE CONNECTIONS=$CONNECTIONS THREADS=$THREADS DEVICES=$DEVICES INVENTORY=$INVENTORY${SCANHOOK_ENV:+ SCANHOOK_ENV=\"$SCANHOOK_ENV\"}${SQLITE_PRAGMAS:+ SQLITE_PRAGMAS=\"$SQLITE_PRAGMAS\"}${INGEST_PER_SECOND:+ INGEST_PER_SECOND=$INGEST_PER_SECOND} scripts/load.sh"
 echo
 echo "| phase | offered | 202s | 202/s | p50 ms | p90 ms | p99 ms | p99 after 5 s | max ms | other statuses | scanhook CPU | load tool CPU | load avg before |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
