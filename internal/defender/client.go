@@ -331,28 +331,7 @@ func (c *Client) FindMachineByDNSName(ctx context.Context, name string) (*Machin
 	if !ValidDNSName(name) {
 		return nil, c.invalid(op, "%q is not a DNS name", name)
 	}
-	name = strings.TrimSuffix(name, ".")
-	var list struct {
-		Value *[]Machine `json:"value"`
-	}
-	err := c.do(ctx, request{
-		op: op, family: MachineReads, method: http.MethodGet,
-		path:  "/api/machines",
-		query: "$filter=" + queryEscape("computerDnsName eq "+odataString(name)),
-		want:  []int{http.StatusOK},
-	}, &list)
-	if err != nil {
-		return nil, err
-	}
-	if list.Value == nil {
-		return nil, c.malformed(op, http.StatusOK, errors.New(`the response has no "value" list`))
-	}
-	best := mostRecentlySeen(*list.Value)
-	if best == nil {
-		return nil, &Error{Kind: NotFound, Op: op, Status: http.StatusOK,
-			Message: fmt.Sprintf("no machine has computerDnsName %q", name)}
-	}
-	return best, nil
+	return c.findMachine(ctx, op, "computerDnsName", strings.TrimSuffix(name, "."))
 }
 
 // FindMachineByAADDeviceID finds a machine by its Entra ID (Azure AD)
@@ -367,14 +346,19 @@ func (c *Client) FindMachineByAADDeviceID(ctx context.Context, id string) (*Mach
 	if !ValidActionID(id) {
 		return nil, c.invalid(op, "AAD device id %q is not a GUID", id)
 	}
-	id = strings.ToLower(id)
+	return c.findMachine(ctx, op, "aadDeviceId", strings.ToLower(id))
+}
+
+// findMachine lists the machines whose property equals value (checked by
+// the caller, quoted here) and picks the one seen most recently.
+func (c *Client) findMachine(ctx context.Context, op, property, value string) (*Machine, error) {
 	var list struct {
 		Value *[]Machine `json:"value"`
 	}
 	err := c.do(ctx, request{
 		op: op, family: MachineReads, method: http.MethodGet,
 		path:  "/api/machines",
-		query: "$filter=" + queryEscape("aadDeviceId eq "+odataString(id)),
+		query: "$filter=" + queryEscape(property+" eq "+odataString(value)),
 		want:  []int{http.StatusOK},
 	}, &list)
 	if err != nil {
@@ -386,7 +370,7 @@ func (c *Client) FindMachineByAADDeviceID(ctx context.Context, id string) (*Mach
 	best := mostRecentlySeen(*list.Value)
 	if best == nil {
 		return nil, &Error{Kind: NotFound, Op: op, Status: http.StatusOK,
-			Message: fmt.Sprintf("no machine has aadDeviceId %q", id)}
+			Message: fmt.Sprintf("no machine has %s %q", property, value)}
 	}
 	return best, nil
 }
