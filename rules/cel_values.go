@@ -115,61 +115,55 @@ func newCELTypes(base types.Provider, adapter types.Adapter) (*celTypes, error) 
 		deviceType:  deviceType,
 		fields:      map[[2]string]*types.FieldType{},
 	}
-	if err := checkFieldNames(base, celAlertTypeName, celAlertFields[:]); err != nil {
+	if err := addFastFields[*celAlertObj](t, base, celAlertTypeName, celAlertFields[:]); err != nil {
 		return nil, err
-	}
-	for i, name := range celAlertFields {
-		ft, ok := base.FindStructFieldType(celAlertTypeName, name)
-		if !ok {
-			return nil, fmt.Errorf("%s has no field %s", celAlertTypeName, name)
-		}
-		t.fields[[2]string{celAlertTypeName, name}] = &types.FieldType{
-			Type: ft.Type,
-			IsSet: func(obj any) bool {
-				if o, ok := obj.(*celAlertObj); ok {
-					return o.isSet(i)
-				}
-				return ft.IsSet(obj)
-			},
-			GetFrom: func(obj any) (any, error) {
-				if o, ok := obj.(*celAlertObj); ok {
-					return o.field(i), nil
-				}
-				return ft.GetFrom(obj)
-			},
-		}
 	}
 	devs := t.fields[[2]string{celAlertTypeName, celAlertFields[aDevices]}].Type
 	if devs.Kind() != types.ListKind || len(devs.Parameters()) != 1 {
 		return nil, fmt.Errorf("%s.devices is %s, want a list", celAlertTypeName, devs)
 	}
 	for _, typeName := range []string{celDeviceTypeName, devs.Parameters()[0].TypeName()} {
-		if err := checkFieldNames(base, typeName, celDeviceFields[:]); err != nil {
+		if err := addFastFields[*celDeviceObj](t, base, typeName, celDeviceFields[:]); err != nil {
 			return nil, err
-		}
-		for i, name := range celDeviceFields {
-			ft, ok := base.FindStructFieldType(typeName, name)
-			if !ok {
-				return nil, fmt.Errorf("%s has no field %s", typeName, name)
-			}
-			t.fields[[2]string{typeName, name}] = &types.FieldType{
-				Type: ft.Type,
-				IsSet: func(obj any) bool {
-					if o, ok := obj.(*celDeviceObj); ok {
-						return o.isSet(i)
-					}
-					return ft.IsSet(obj)
-				},
-				GetFrom: func(obj any) (any, error) {
-					if o, ok := obj.(*celDeviceObj); ok {
-						return o.field(i), nil
-					}
-					return ft.GetFrom(obj)
-				},
-			}
 		}
 	}
 	return t, nil
+}
+
+// fastObject is what celAlertObj and celDeviceObj give field access by.
+type fastObject interface {
+	isSet(i int) bool
+	field(i int) ref.Val
+}
+
+// addFastFields makes field access on typeName read an O directly when it is
+// one, and go through the base registry otherwise.
+func addFastFields[O fastObject](t *celTypes, base types.Provider, typeName string, names []string) error {
+	if err := checkFieldNames(base, typeName, names); err != nil {
+		return err
+	}
+	for i, name := range names {
+		ft, ok := base.FindStructFieldType(typeName, name)
+		if !ok {
+			return fmt.Errorf("%s has no field %s", typeName, name)
+		}
+		t.fields[[2]string{typeName, name}] = &types.FieldType{
+			Type: ft.Type,
+			IsSet: func(obj any) bool {
+				if o, ok := obj.(O); ok {
+					return o.isSet(i)
+				}
+				return ft.IsSet(obj)
+			},
+			GetFrom: func(obj any) (any, error) {
+				if o, ok := obj.(O); ok {
+					return o.field(i), nil
+				}
+				return ft.GetFrom(obj)
+			},
+		}
+	}
+	return nil
 }
 
 // checkFieldNames makes sure the field tables above and the struct tags

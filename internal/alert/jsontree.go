@@ -235,23 +235,13 @@ func (p *parser) object(depth int) (any, bool) {
 			return nil, false
 		}
 		p.members = append(p.members, member{k, v})
-		p.skipSpace()
-		if p.i >= len(p.b) {
-			p.failEOF()
+		more, ok := p.next('}', "after object key:value pair")
+		if !ok {
 			return nil, false
 		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-			p.skipSpace()
-			continue
-		case '}':
-			p.i++
-		default:
-			p.fail(p.b[p.i], "after object key:value pair")
-			return nil, false
+		if !more {
+			break
 		}
-		break
 	}
 	ms := p.members[base:]
 	m := make(map[string]any, len(ms))
@@ -261,6 +251,27 @@ func (p *parser) object(depth int) (any, bool) {
 	clear(ms) // do not keep the values alive through the scratch stack
 	p.members = p.members[:base]
 	return m, true
+}
+
+// next reads what follows a member or an element: a comma (more follows)
+// or the container's closing byte.
+func (p *parser) next(closing byte, context string) (more, ok bool) {
+	p.skipSpace()
+	if p.i >= len(p.b) {
+		p.failEOF()
+		return false, false
+	}
+	switch p.b[p.i] {
+	case ',':
+		p.i++
+		p.skipSpace()
+		return true, true
+	case closing:
+		p.i++
+		return false, true
+	}
+	p.fail(p.b[p.i], context)
+	return false, false
 }
 
 func (p *parser) array(depth int) (any, bool) {
@@ -277,23 +288,13 @@ func (p *parser) array(depth int) (any, bool) {
 			return nil, false
 		}
 		p.elems = append(p.elems, v)
-		p.skipSpace()
-		if p.i >= len(p.b) {
-			p.failEOF()
+		more, ok := p.next(']', "after array element")
+		if !ok {
 			return nil, false
 		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-			p.skipSpace()
-			continue
-		case ']':
-			p.i++
-		default:
-			p.fail(p.b[p.i], "after array element")
-			return nil, false
+		if !more {
+			break
 		}
-		break
 	}
 	es := p.elems[base:]
 	a := make([]any, len(es))
