@@ -305,6 +305,9 @@ done
 
 kill -0 "$SCANHOOK_PID" 2>/dev/null || die "scanhook died under load: $(tail -5 "$WORK/scanhook.err")"
 PEAK_KB=$(status_kb "$SCANHOOK_PID" VmHWM)
+# The service's own counters (jobs by outcome, Defender calls, queue), kept
+# with KEEP=1 for a look at what the dispatcher did during the load.
+curl -fsS -o "$WORK/metrics.txt" "$BASE/metrics" || log "could not read /metrics"
 AFTER_KB=$(status_kb "$SCANHOOK_PID" VmRSS)
 
 # --- durability -----------------------------------------------------------------
