@@ -90,27 +90,12 @@ func scan(ctx context.Context, args []string, env Env) error {
 }
 
 // findMachine looks a machine up as the dispatcher does: an AAD device id
-// by aadDeviceId, a DNS name by computerDnsName, and a bare computer name,
-// which that filter does not match, by GET /api/machines/{name}.
+// by aadDeviceId, a name by its DNS name or as a bare computer name.
 func findMachine(ctx context.Context, client *defender.Client, name string, aad bool) (*defender.Machine, error) {
 	if aad {
 		return client.FindMachineByAADDeviceID(ctx, name)
 	}
-	m, err := client.FindMachineByDNSName(ctx, name)
-	if strings.Contains(name, ".") || defender.KindOf(err) != defender.NotFound {
-		return m, err
-	}
-	m, err = client.GetMachine(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	label, _, _ := strings.Cut(m.ComputerDNSName, ".")
-	if !strings.EqualFold(label, name) {
-		// Never scan a machine on a guess.
-		return nil, &defender.Error{Kind: defender.NotFound, Op: "getMachine",
-			Message: fmt.Sprintf("Defender answered computer name %q with a machine named %q", name, m.ComputerDNSName)}
-	}
-	return m, nil
+	return client.FindMachineByComputerName(ctx, name)
 }
 
 // scanExit maps a Defender error kind to the command's exit code.

@@ -156,3 +156,47 @@ func TestFindMachineByAADDeviceIDErrors(t *testing.T) {
 		}
 	})
 }
+
+func TestFindMachineByComputerName(t *testing.T) {
+	ms := []defendersim.Machine{
+		{ID: strings.Repeat("a1", 20), ComputerDNSName: "ws-042.corp.contoso.com"},
+		{ID: strings.Repeat("b2", 20), ComputerDNSName: "beta.contoso.com"},
+	}
+	e := newEnv(t, defendersim.Options{Machines: ms}, nil)
+	ctx := ctxT(t)
+	cases := []struct {
+		name, in string
+		wantID   string   // "": NotFound
+		wantGets []string // GET /api/machines/{name} paths sent after the filter
+		wantMsg  string
+	}{
+		{"DNS name", "beta.contoso.com.", ms[1].ID, nil, ""},
+		{"bare name, through GET by name", "WS-042", ms[0].ID, []string{"/api/machines/WS-042"}, ""},
+		{"unknown bare name", "ghost", "", []string{"/api/machines/ghost"}, "tried computerDnsName and the computer name"},
+		{"unknown DNS name: no GET", "ghost.contoso.com", "", nil, "computerDnsName"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := len(e.sim.Requests())
+			m, err := e.client.FindMachineByComputerName(ctx, c.in)
+			var gets []string
+			for _, r := range e.sim.Requests()[before:] {
+				if r.Method == http.MethodGet && r.Path != "/api/machines" && strings.HasPrefix(r.Path, "/api/machines/") {
+					gets = append(gets, r.Path)
+				}
+			}
+			if !slices.Equal(gets, c.wantGets) {
+				t.Errorf("GETs by name %v, want %v", gets, c.wantGets)
+			}
+			if c.wantID != "" {
+				if err != nil || m == nil || m.ID != c.wantID {
+					t.Fatalf("= %+v, %v; want machine %s", m, err, c.wantID)
+				}
+				return
+			}
+			if KindOf(err) != NotFound || !strings.Contains(err.Error(), c.wantMsg) {
+				t.Fatalf("= %+v, %v; want NotFound mentioning %q", m, err, c.wantMsg)
+			}
+		})
+	}
+}

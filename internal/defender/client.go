@@ -334,6 +334,34 @@ func (c *Client) FindMachineByDNSName(ctx context.Context, name string) (*Machin
 	return c.findMachine(ctx, op, "computerDnsName", strings.TrimSuffix(name, "."))
 }
 
+// FindMachineByComputerName finds a machine by its DNS name and, for a bare
+// computer name such as WS-042 (as Windows, Splunk and Elastic give it),
+// which the computerDnsName filter never matches, by GET
+// /api/machines/{name}, which takes computer names. An answer whose
+// computerDnsName is not that computer's is NotFound: a scan never goes to a
+// machine on a guess.
+func (c *Client) FindMachineByComputerName(ctx context.Context, name string) (*Machine, error) {
+	m, err := c.FindMachineByDNSName(ctx, name)
+	name = strings.TrimSuffix(name, ".")
+	if strings.Contains(name, ".") || KindOf(err) != NotFound {
+		return m, err
+	}
+	const tried = "tried computerDnsName and the computer name"
+	m, err = c.GetMachine(ctx, name)
+	switch {
+	case KindOf(err) == NotFound:
+		return nil, fmt.Errorf("%s: %w", tried, err)
+	case err != nil:
+		return nil, err
+	}
+	if label, _, _ := strings.Cut(m.ComputerDNSName, "."); !strings.EqualFold(label, name) {
+		return nil, &Error{Kind: NotFound, Op: "getMachine", Status: http.StatusOK,
+			Message: fmt.Sprintf("%s: Defender answered computer name %q with machine %s named %q",
+				tried, name, truncate(m.ID, 64), truncate(m.ComputerDNSName, 128))}
+	}
+	return m, nil
+}
+
 // FindMachineByAADDeviceID finds a machine by its Entra ID (Azure AD)
 // device id, the GUID Sentinel host entities, Graph and Defender alerts
 // carry. No match is a NotFound error; several matches (a re-onboarded

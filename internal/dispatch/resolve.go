@@ -65,11 +65,8 @@ func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device) (id st
 	}
 }
 
-// lookup resolves a DNS name to a machine id through the cache. A name
-// without a dot is a computer name as Windows, Splunk and Elastic give it:
-// the computerDnsName filter matches whole DNS names only, so when it
-// finds nothing the name is asked of GET /api/machines/{name}, which takes
-// computer names.
+// lookup resolves a DNS name or a bare computer name to a machine id
+// through the cache (FindMachineByComputerName says how names are looked up).
 //
 // The negative entry (5 minutes by default) spares Defender a storm of
 // lookups for the same unknown name.
@@ -81,19 +78,7 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine named %q", name)); ok {
 		return id, true, err
 	}
-	m, err := d.def.FindMachineByDNSName(ctx, name)
-	bare := !strings.Contains(strings.TrimSuffix(name, "."), ".")
-	if bare && defender.KindOf(err) == defender.NotFound {
-		m, err = d.def.GetMachine(ctx, name)
-		if err == nil && m != nil && !namesComputer(m.ComputerDNSName, name) {
-			// Not the machine asked for: never scan a machine on a guess.
-			err = fmt.Errorf("Defender answered computer name %q with machine %s named %q: %w",
-				name, truncate(m.ID, 64), truncate(m.ComputerDNSName, 128), errNotThatMachine{})
-		}
-		if err != nil && isNotFound(err) {
-			err = fmt.Errorf("tried computerDnsName and the computer name: %w", err)
-		}
-	}
+	m, err := d.def.FindMachineByComputerName(ctx, name)
 	return d.settle(key, m, err, func(err error) error {
 		return fmt.Errorf("no Defender machine named %q: %w", name, err)
 	}, func(err error) error {
@@ -161,26 +146,7 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 	}
 }
 
-// errNotThatMachine marks an answer naming another machine than asked.
-type errNotThatMachine struct{}
-
-func (errNotThatMachine) Error() string { return "not the machine asked for" }
-
-func isNotFound(err error) bool {
-	return defender.KindOf(err) == defender.NotFound || errors.As(err, new(errNotThatMachine))
-}
-
-// namesComputer reports whether a machine's computerDnsName is the
-// computer name asked for: the same name, or a DNS name whose first label
-// it is. An answer without a name is taken at its word.
-func namesComputer(dnsName, computer string) bool {
-	computer = strings.TrimSuffix(computer, ".")
-	if dnsName == "" || strings.EqualFold(dnsName, computer) {
-		return true
-	}
-	label, _, _ := strings.Cut(dnsName, ".")
-	return strings.EqualFold(label, computer)
-}
+func isNotFound(err error) bool { return defender.KindOf(err) == defender.NotFound }
 
 // forgetDevice drops what the cache holds for a device's names, for a
 // machine id Defender no longer knows.
