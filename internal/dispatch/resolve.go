@@ -136,7 +136,7 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 			id = m.ID
 		}
 		return "", false, failed(fmt.Errorf("Defender returned machine id %q, not 40 hex characters", truncate(id, 64)))
-	case isNotFound(err):
+	case defender.KindOf(err) == defender.NotFound:
 		d.m.resolves.WithLabelValues("not_found").Inc()
 		d.res.put(key, "")
 		return "", false, noMachine(notFound(err))
@@ -145,8 +145,6 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 		return "", false, failed(err)
 	}
 }
-
-func isNotFound(err error) bool { return defender.KindOf(err) == defender.NotFound }
 
 // forgetDevice drops what the cache holds for a device's names, for a
 // machine id Defender no longer knows.
