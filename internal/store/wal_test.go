@@ -135,10 +135,12 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 	}
 
 	// Everything is in the database file: the next write starts the log
-	// over in place instead of growing it, and Close truncates it.
+	// over in place instead of appending to it, and Close truncates it.
+	// Restarting may also cut a file larger than journal_size_limit back
+	// to that limit, so the size may drop; it must not grow.
 	mustIngest(t, s, delivery(alertIn("after-idle", quick(dev(machine(walIngests+1), "")))))
-	if n := fileSize(t, walPath); n != idleSize {
-		t.Errorf("-wal file went from %d to %d bytes with one ingest after idle; want the log restarted in place", idleSize, n)
+	if n := fileSize(t, walPath); n > idleSize {
+		t.Errorf("-wal file grew from %d to %d bytes with one ingest after idle; want the log restarted in place", idleSize, n)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
