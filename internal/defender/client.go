@@ -178,6 +178,23 @@ func (c *Client) BreakerState(f Family) string {
 	return c.breakers[f].State().String()
 }
 
+// Delay predicts how long a call of family would wait for the rate limit
+// now, taking nothing: 0 when it would go at once, or when the limiter
+// cannot tell (it does not implement DelayLimiter). A caller with work
+// that can wait (the dispatcher's queue) asks before it starts something
+// the limiter would only hold back.
+func (c *Client) Delay(ctx context.Context, f Family) (time.Duration, error) {
+	dl, ok := c.limiter.(DelayLimiter)
+	if !ok {
+		return 0, nil
+	}
+	d, err := dl.Delay(ctx, f)
+	if err != nil {
+		return 0, fmt.Errorf("predict the rate limit wait of %s: %w", f, err)
+	}
+	return d, nil
+}
+
 // breakerExcluded keeps answers about one machine or one request from
 // moving the breaker: they say nothing about Defender's health. 401 counts
 // as a failure: it hits every call alike (consent, audience, clock), and

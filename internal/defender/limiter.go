@@ -66,6 +66,15 @@ func (e *LimitError) Error() string {
 
 func (e *LimitError) Unwrap() error { return e.Err }
 
+// DelayLimiter is a Limiter that can predict, without taking anything, how
+// long a call of a family would wait now: 0 when it would be admitted at
+// once. The prediction may be stale by the time the caller acts (another
+// goroutine or replica may take the room); Wait still decides.
+type DelayLimiter interface {
+	Limiter
+	Delay(ctx context.Context, family Family) (time.Duration, error)
+}
+
 // CompletionLimiter is a Limiter that also wants to hear when an admitted
 // call has finished (answered, failed or abandoned). The client calls Done
 // exactly once after each successful Wait when the limiter implements it.
@@ -212,15 +221,15 @@ func (l *SlidingWindowLimiter) Wait(ctx context.Context, family Family) error {
 }
 
 // Delay predicts how long a call of family would wait now: 0 when it would
-// be admitted at once. It takes nothing.
-func (l *SlidingWindowLimiter) Delay(family Family) time.Duration {
+// be admitted at once. It takes nothing. It implements DelayLimiter.
+func (l *SlidingWindowLimiter) Delay(_ context.Context, family Family) (time.Duration, error) {
 	if family < 0 || family >= numFamilies {
-		return 0
+		return 0, fmt.Errorf("rate limiter: unknown family %d", int(family))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	wait, _ := l.peek(&l.families[family])
-	return wait
+	return wait, nil
 }
 
 // peek is admit without taking the slot. Called with l.mu held.

@@ -19,6 +19,7 @@ type metrics struct {
 	pollBatches    *prometheus.CounterVec
 	actionUpdates  *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
+	budgetWaits    prometheus.Counter
 
 	queue       *prometheus.GaugeVec
 	due         prometheus.Gauge
@@ -74,6 +75,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "scanhook_dispatch_store_errors_total",
 			Help: "Store operations of the dispatcher that failed, by operation.",
 		}, []string{"op"}),
+		budgetWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scanhook_dispatch_budget_waits_total",
+			Help: "Times the dispatcher left due jobs queued because the scan rate limit had no room yet.",
+		}),
 		queue: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "scanhook_jobs",
 			Help: "Scan jobs by state (refreshed periodically from the store).",
@@ -99,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.jobs, m.attempts, m.attemptsPerJob, m.scanCalls, m.adoptChecks, m.inFlight,
-		m.resolves, m.pollBatches, m.actionUpdates, m.storeErrors, m.queue, m.due, m.oldestDue, m.openActions} {
+		m.resolves, m.pollBatches, m.actionUpdates, m.storeErrors, m.budgetWaits, m.queue, m.due, m.oldestDue, m.openActions} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -55,7 +56,9 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, store.ScanQuick)
 	const maxAttempts = 2
 	// Lease/2 = 1s bounds each attempt: far less than the window's wait.
-	start(t, e.dispatcher(t, Options{MaxAttempts: maxAttempts, Lease: 2 * time.Second}))
+	// NoBudgetWait: claim regardless, as when another replica took the
+	// room between the dispatcher's look and its call.
+	start(t, e.dispatcher(t, Options{MaxAttempts: maxAttempts, Lease: 2 * time.Second, NoBudgetWait: true}))
 
 	const holds = maxAttempts + 2
 	for i := 1; i <= holds; i++ {
@@ -122,7 +125,7 @@ func TestLocalThrottleMaxAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 1).ID}, store.ScanQuick)
-	start(t, e.dispatcher(t, Options{MaxAge: 30 * time.Minute, Lease: 2 * time.Second}))
+	start(t, e.dispatcher(t, Options{MaxAge: 30 * time.Minute, Lease: 2 * time.Second, NoBudgetWait: true}))
 	e.waitJob(t, receipt, store.JobRetry)
 	// The hour's wait runs past max_age: the job is not given up at once.
 	clock.Advance(29 * time.Minute)
@@ -237,3 +240,68 @@ func (e *env) mustJob(t testing.TB, receipt string) store.JobDetail {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// While the scan budget is spent, due jobs stay queued: no claim, no mark,
+// no hold-back written for each of them. When room comes back, a call at a
+// time, the dispatcher takes one job per call's worth of room instead of
+// Workers jobs with all but one held back.
+func TestDueJobsWaitForScanBudget(t *testing.T) {
+	limClock := newFakeClock()
+	const window = 5 * time.Minute
+	e := newEnv(t, envOpts{client: func(_ *defender.Config, d *defender.Deps) {
+		lim, err := defender.NewSlidingWindowLimiter(defender.SlidingWindowOptions{
+			Windows: []defender.Window{{Limit: 1, Length: window}}, Margin: -1, Now: limClock.Now,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Limiter = lim
+	}})
+	if _, err := e.client.RunAntiVirusScan(context.Background(), machine(t, e.sim, 0).ID, defender.Quick, "budget"); err != nil {
+		t.Fatalf("RunAntiVirusScan: %v", err)
+	}
+	var receipts []string
+	for i := 1; i <= 3; i++ {
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		receipts = append(receipts, r)
+	}
+	start(t, e.dispatcher(t, Options{Workers: 4}))
+
+	// countStates reads every job's state; holdBacks counts the
+	// attempts given back, which the gate exists to avoid.
+	countStates := func() (map[string]int, int) {
+		states, holdBacks := map[string]int{}, 0
+		for _, r := range receipts {
+			j := e.mustJob(t, r)
+			states[j.State]++
+			holdBacks += countOutcome(j, store.OutcomeNotAttempted)
+		}
+		return states, holdBacks
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 2
+	}, func() string { return "the dispatcher never waited for the scan budget" })
+	if states, holdBacks := countStates(); states[store.JobQueued] != 3 || holdBacks != 0 {
+		t.Fatalf("with the budget spent: states %v, hold-backs %d; want 3 queued, none held back", states, holdBacks)
+	}
+
+	for round := 1; round <= 3; round++ {
+		// One call's worth of room: one more job goes, the others wait.
+		limClock.Advance(window + time.Second)
+		waitFor(t, 10*time.Second, func() bool {
+			states, _ := countStates()
+			return states[store.JobSubmitted] == round && states[store.JobCalling] == 0 && states[store.JobLeased] == 0
+		}, func() string { states, _ := countStates(); return fmt.Sprintf("round %d: states %v", round, states) })
+		// Give a dispatcher that claimed more than the room time to show it.
+		time.Sleep(200 * time.Millisecond)
+		if states, holdBacks := countStates(); states[store.JobSubmitted] != round || states[store.JobQueued] != 3-round || holdBacks != 0 {
+			t.Fatalf("round %d: states %v, hold-backs %d; want %d submitted, the rest queued, none held back", round, states, holdBacks, round)
+		}
+	}
+	if n := len(scanRequests(e.sim)); n != 4 {
+		t.Errorf("scan requests = %d, want the budget call and one per job", n)
+	}
+	if got := counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": "throttled_local"}); got != 0 {
+		t.Errorf("throttled_local = %v, want 0", got)
+	}
+}

@@ -12,7 +12,10 @@ import (
 	"github.com/scanhook/scanhook/internal/defender"
 )
 
-var _ defender.CompletionLimiter = (*Limiter)(nil)
+var (
+	_ defender.CompletionLimiter = (*Limiter)(nil)
+	_ defender.DelayLimiter      = (*Limiter)(nil)
+)
 
 // ErrClosed is returned by Wait, Delay and PollTurn after Close.
 var ErrClosed = errors.New("pglimit: limiter closed")
