@@ -42,6 +42,8 @@
 #   WARMUP_RATE=200   alerts/s of the warm-up
 #   KEEP=1            keep the temp dir (config, DB, logs, results)
 #   STRICT=1          exit 2 when a performance target is missed
+#   SCANHOOK_BIN      a scanhook binary to test instead of building one
+#                     (A/B runs of two builds under the same conditions)
 #   SCANHOOK_ENV      extra environment for scanhook only, e.g.
 #                     "GOGC=400 GOMEMLIMIT=120MiB"
 #   LOG_LEVEL=warn    scanhook's log level (info logs a line per request)
@@ -123,7 +125,9 @@ trap 'exit 130' INT TERM
 
 log "building into $WORK/bin"
 mkdir -p "$WORK/bin"
-if [[ ${PROFILE:-} == 1 ]]; then
+if [[ -n ${SCANHOOK_BIN:-} ]]; then
+	cp "$SCANHOOK_BIN" "$WORK/bin/scanhook"
+elif [[ ${PROFILE:-} == 1 ]]; then
 	KEEP=1
 	go build -o "$WORK/bin/scanhook" ./scripts/profserve
 else
