@@ -301,6 +301,12 @@ run_phase() {
 	rate) RATE_RPS=$rps RATE_P99=$p99 ;;
 	max) MAX_RPS=$rps ;;
 	esac
+	# The p99 of each second shows a start-up spike apart from a steady tail.
+	local persec
+	persec=$("$VEGETA" encode --to csv "$WORK/$phase.bin" |
+		awk -F, 'NR == 1 { t0 = $1 } { print int(($1 - t0) / 1e9), $3 / 1e6 }' | sort -k1,1n -k2,2n |
+		awk '{ v[$1, ++n[$1]] = $2 } END { for (s = 0; s in n; s++) printf "%s%.0f", (s ? " " : ""), v[s, int(n[s] * 0.99) ? int(n[s] * 0.99) : 1] }')
+	log "phase $phase: p99 of each second (ms): $persec"
 	log "phase $phase: $n202 accepted ($rps/s), p50 $p50 ms p90 $p90 ms p99 $p99 ms (after 5 s: $p99w) max $pmax ms, other: ${other:-none}, CPU: scanhook $cpu%, load tool $ltcpu% (of 200%)"
 }
 for phase in ${WARMUP:+warmup} $PHASES; do
