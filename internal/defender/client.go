@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -178,21 +179,21 @@ func (c *Client) BreakerState(f Family) string {
 	return c.breakers[f].State().String()
 }
 
-// Delay predicts how long a call of family would wait for the rate limit
-// now, taking nothing: 0 when it would go at once, or when the limiter
-// cannot tell (it does not implement DelayLimiter). A caller with work
-// that can wait (the dispatcher's queue) asks before it starts something
-// the limiter would only hold back.
-func (c *Client) Delay(ctx context.Context, f Family) (time.Duration, error) {
-	dl, ok := c.limiter.(DelayLimiter)
+// Room says how many more calls of family the rate limit would admit now,
+// and when none, how long until one (see RoomLimiter); it takes nothing. A
+// limiter that cannot tell answers "room for any number". A caller with
+// work that can wait (the dispatcher's queue) asks before it starts
+// something the limiter would only hold back.
+func (c *Client) Room(ctx context.Context, f Family) (calls int, wait time.Duration, err error) {
+	rl, ok := c.limiter.(RoomLimiter)
 	if !ok {
-		return 0, nil
+		return math.MaxInt, 0, nil
 	}
-	d, err := dl.Delay(ctx, f)
+	calls, wait, err = rl.Room(ctx, f)
 	if err != nil {
-		return 0, fmt.Errorf("predict the rate limit wait of %s: %w", f, err)
+		return 0, 0, fmt.Errorf("predict the rate limit room of %s: %w", f, err)
 	}
-	return d, nil
+	return calls, wait, nil
 }
 
 // breakerExcluded keeps answers about one machine or one request from

@@ -66,13 +66,14 @@ func (e *LimitError) Error() string {
 
 func (e *LimitError) Unwrap() error { return e.Err }
 
-// DelayLimiter is a Limiter that can predict, without taking anything, how
-// long a call of a family would wait now: 0 when it would be admitted at
-// once. The prediction may be stale by the time the caller acts (another
-// goroutine or replica may take the room); Wait still decides.
-type DelayLimiter interface {
+// RoomLimiter is a Limiter that can say, without taking anything, how many
+// more calls of a family it would admit now, and when there is no room how
+// long until there is (a lower bound while calls in flight fill a window).
+// The answer may be stale by the time the caller acts (another goroutine or
+// replica may take the room); Wait still decides.
+type RoomLimiter interface {
 	Limiter
-	Delay(ctx context.Context, family Family) (time.Duration, error)
+	Room(ctx context.Context, family Family) (calls int, wait time.Duration, err error)
 }
 
 // CompletionLimiter is a Limiter that also wants to hear when an admitted
@@ -230,6 +231,29 @@ func (l *SlidingWindowLimiter) Delay(_ context.Context, family Family) (time.Dur
 	defer l.mu.Unlock()
 	wait, _ := l.peek(&l.families[family])
 	return wait, nil
+}
+
+// Room implements RoomLimiter.
+func (l *SlidingWindowLimiter) Room(_ context.Context, family Family) (int, time.Duration, error) {
+	if family < 0 || family >= numFamilies {
+		return 0, 0, fmt.Errorf("rate limiter: unknown family %d", int(family))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := &l.families[family]
+	if wait, ok := l.peek(f); !ok {
+		return 0, wait, nil
+	}
+	// peek pruned the log and found room in every window.
+	now := l.now()
+	room := -1
+	for _, w := range l.windows {
+		first := sort.Search(len(f.done), func(i int) bool { return now.Sub(f.done[i]) < w.Length })
+		if left := w.Limit - f.pending - (len(f.done) - first); room < 0 || left < room {
+			room = left
+		}
+	}
+	return room, 0, nil
 }
 
 // peek is admit without taking the slot. Called with l.mu held.

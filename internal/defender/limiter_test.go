@@ -356,3 +356,54 @@ func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 	wg.Wait()
 	return throttled, failed
 }
+
+// Room counts what every window still admits, calls in flight included,
+// takes nothing, and when there is none says how long until there is.
+func TestSlidingWindowRoom(t *testing.T) {
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
+		Windows: []Window{{Limit: 3, Length: time.Minute}, {Limit: 5, Length: time.Hour}}, Margin: -1, Now: clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, step := range []struct {
+		name      string
+		at        time.Duration
+		admit     int // calls admitted before looking
+		done      int // of those, completed at the time
+		wantCalls int
+		wantWait  time.Duration
+	}{
+		{"empty: the minute's limit", 0, 0, 0, 3, 0},
+		{"two in flight", 0, 2, 0, 1, 0},
+		{"three completed fill the minute", 0, 1, 3, 0, time.Minute},
+		{"the minute passes: the hour's two left", time.Minute, 0, 0, 2, 0},
+		{"two more completed fill the hour", time.Minute, 2, 2, 0, 59 * time.Minute},
+		{"the first three leave the hour", time.Hour, 0, 0, 3, 0},
+	} {
+		clock.Set(step.at)
+		for range step.admit {
+			if err := l.Wait(ctx, ScanActions); err != nil {
+				t.Fatalf("%s: Wait: %v", step.name, err)
+			}
+		}
+		for range step.done {
+			l.Done(ScanActions)
+		}
+		for range 2 { // looking twice: Room takes nothing
+			calls, wait, err := l.Room(ctx, ScanActions)
+			if err != nil || calls != step.wantCalls || wait != step.wantWait {
+				t.Fatalf("%s: Room = %d, %s, %v; want %d, %s", step.name, calls, wait, err, step.wantCalls, step.wantWait)
+			}
+		}
+	}
+	if calls, _, err := l.Room(ctx, MachineReads); err != nil || calls != 3 {
+		t.Errorf("another family's Room = %d, %v; want 3", calls, err)
+	}
+	if _, _, err := l.Room(ctx, Family(99)); err == nil {
+		t.Error("Room of an unknown family: no error")
+	}
+}

@@ -48,9 +48,9 @@ type Defender interface {
 	FindMachineByComputerName(ctx context.Context, name string) (*defender.Machine, error)
 	FindMachineByAADDeviceID(ctx context.Context, id string) (*defender.Machine, error)
 	ListActions(ctx context.Context, filter defender.ActionFilter) ([]defender.MachineAction, error)
-	// Delay predicts the rate limit's wait for a call of the family, 0
-	// when it has room or cannot tell; it takes nothing.
-	Delay(ctx context.Context, family defender.Family) (time.Duration, error)
+	// Room says how many more calls of the family the rate limit would
+	// admit now and, when none, how long until one; it takes nothing.
+	Room(ctx context.Context, family defender.Family) (calls int, wait time.Duration, err error)
 }
 
 // PollTurn asks whether this replica may poll action status now. ok false
@@ -101,14 +101,11 @@ type Options struct {
 	PollInterval time.Duration
 	// ClaimInterval is the idle wait between claims that found nothing.
 	ClaimInterval time.Duration
-	// NoBudgetWait: claim due jobs even while the scan rate limit has no
-	// room. By default the dispatcher leaves them queued until it has:
-	// a claimed job the limiter holds back costs a claim, a mark and a
-	// reschedule for nothing (in a storm of 500 new devices with 100 scans
-	// a minute, 1,200 writes in the first second, through the one SQLite
-	// writer that is also taking the alerts). Tests set it to exercise the
-	// hold-back path, which remains for the race it cannot close: another
-	// worker or replica taking the room between the look and the call.
+	// NoBudgetWait: claim due jobs whatever room the scan rate limit has.
+	// By default the dispatcher claims no more than it has room for (see
+	// budget). Tests set it to exercise the hold-back path, which remains
+	// for the race the look cannot close: another replica taking the room
+	// between the look and the call.
 	NoBudgetWait bool
 	// DryRun: never call Defender. Jobs still queued are closed as dead
 	// with a "dry run" error (the store has no skipped outcome for jobs;
@@ -373,18 +370,8 @@ const stuckAfterCancel = 5 * time.Second
 // job's lease runs down while it waits for a worker.
 func (d *Dispatcher) claimLoop(ctx, workCtx context.Context, workers *sync.WaitGroup) {
 	errWait := d.opts.ClaimInterval
-	// tight: the scan budget ran out since the queue was last empty. Room
-	// then comes back a call at a time as the window slides, so jobs are
-	// worked one at a time, each claimed once the one before has been
-	// admitted and the budget looked at again, instead of Workers at once
-	// with all but one held back. Even so this is faster than any budget
-	// Defender allows.
-	tight := false
 	for ctx.Err() == nil {
 		free := d.opts.Workers - int(d.inFlight.Load())
-		if tight && free < d.opts.Workers {
-			free = 0
-		}
 		if free <= 0 {
 			select {
 			case <-ctx.Done():
@@ -392,17 +379,21 @@ func (d *Dispatcher) claimLoop(ctx, workCtx context.Context, workers *sync.WaitG
 			}
 			continue
 		}
-		if wait := d.budgetWait(ctx); wait > 0 {
+		limit, wait := d.budget(ctx, free)
+		if wait > 0 {
 			d.m.budgetWaits.Inc()
-			tight = true
 			// A kick does not make room; the limiter's prediction does,
 			// or calls in flight finishing, hence the cap.
 			d.sleep(ctx, min(wait, budgetRecheck))
 			continue
 		}
-		limit := free
-		if tight {
-			limit = 1
+		if limit == 0 {
+			// What room is left, our own attempts in flight may take.
+			select {
+			case <-ctx.Done():
+			case <-d.slotFree:
+			}
+			continue
 		}
 		jobs, err := d.st.ClaimJobs(ctx, d.opts.Owner, limit, d.opts.Lease)
 		if err != nil {
@@ -439,7 +430,6 @@ func (d *Dispatcher) claimLoop(ctx, workCtx context.Context, workers *sync.WaitG
 		}
 		if len(jobs) < limit {
 			// Nothing more is due: wait for the tick, a kick or a stop.
-			tight = false
 			t := time.NewTimer(d.opts.ClaimInterval)
 			select {
 			case <-ctx.Done():
@@ -455,25 +445,35 @@ func (d *Dispatcher) claimLoop(ctx, workCtx context.Context, workers *sync.WaitG
 // calls are in flight is a lower bound that their completion can change.
 const budgetRecheck = time.Second
 
-// budgetWait is how long the scan rate limit expects to have no room, 0 if
-// it has room now. Every job ends in a scan call or needs one first, so
-// none is claimed before then. Jobs that would end without one (a device
-// no longer in Defender) wait with the rest; they are the few. A limiter
-// that cannot answer lets claiming go on: its Wait still decides each call.
-func (d *Dispatcher) budgetWait(ctx context.Context) time.Duration {
+// budget is how many of free jobs to claim: as many as the scan rate limit
+// has room for, so that no claimed job is only held back by it (a claim, a
+// mark and a reschedule for nothing: in a storm of 500 new devices with 100
+// scans a minute, 1,200 writes in its first second through the one SQLite
+// writer that is also taking the alerts). With no room it gives the
+// predicted wait instead. Every job ends in a scan call or needs one first;
+// the few that would not (a device gone from Defender) wait with the rest.
+// A limiter that cannot answer lets claiming go on: its Wait still decides
+// each call.
+func (d *Dispatcher) budget(ctx context.Context, free int) (limit int, wait time.Duration) {
 	if d.opts.NoBudgetWait || d.opts.DryRun {
-		return 0
+		return free, 0
 	}
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	wait, err := d.def.Delay(dctx, defender.ScanActions)
+	calls, wait, err := d.def.Room(dctx, defender.ScanActions)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Warn("asking the scan rate limit for room failed; claiming anyway", "error", err.Error())
 		}
-		return 0
+		return free, 0
 	}
-	return wait
+	if calls <= 0 {
+		return 0, max(wait, time.Millisecond)
+	}
+	// Our attempts in flight may not have reached the limiter yet, so they
+	// are counted against the room; those that have are counted twice,
+	// which only errs on the careful side.
+	return max(min(free, calls-int(d.inFlight.Load())), 0), 0
 }
 
 func (d *Dispatcher) sleep(ctx context.Context, dur time.Duration) {

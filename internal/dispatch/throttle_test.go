@@ -305,3 +305,38 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 		t.Errorf("throttled_local = %v, want 0", got)
 	}
 }
+
+// With some room left, the dispatcher claims no more jobs than it holds,
+// though it has more workers free, and the rest wait queued.
+func TestClaimsNoMoreThanTheRoom(t *testing.T) {
+	e := newEnv(t, envOpts{client: func(_ *defender.Config, d *defender.Deps) {
+		lim, err := defender.NewSlidingWindowLimiter(defender.SlidingWindowOptions{
+			Windows: []defender.Window{{Limit: 3, Length: time.Hour}}, Margin: -1,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Limiter = lim
+	}})
+	var receipts []string
+	for i := range 5 {
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		receipts = append(receipts, r)
+	}
+	start(t, e.dispatcher(t, Options{Workers: 4}))
+	waitFor(t, 10*time.Second, func() bool {
+		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
+	}, func() string { return "the dispatcher never waited for the scan budget" })
+	states, holdBacks := map[string]int{}, 0
+	for _, r := range receipts {
+		j := e.mustJob(t, r)
+		states[j.State]++
+		holdBacks += countOutcome(j, store.OutcomeNotAttempted)
+	}
+	if states[store.JobSubmitted] != 3 || states[store.JobQueued] != 2 || holdBacks != 0 {
+		t.Errorf("states %v, hold-backs %d; want 3 submitted, 2 queued, none held back", states, holdBacks)
+	}
+	if n := len(scanRequests(e.sim)); n != 3 {
+		t.Errorf("scan requests = %d, want 3", n)
+	}
+}

@@ -95,7 +95,11 @@ func TestAdmissionFollowsTheWindow(t *testing.T) {
 	l := db.open(t, Options{Windows: []defender.Window{{Limit: 3, Length: length}}, Margin: -1})
 	ctx := ctxT(t, 20*time.Second)
 
-	for range 3 {
+	for i := range 3 {
+		// Calls in flight take room as completed ones do.
+		if n, d, err := l.Room(ctx, scan); err != nil || n != 3-i || d != 0 {
+			t.Fatalf("Room with %d in flight = %d, %s, %v; want %d, 0", i, n, d, err, 3-i)
+		}
 		if err := l.Wait(ctx, scan); err != nil {
 			t.Fatal(err)
 		}
@@ -103,6 +107,12 @@ func TestAdmissionFollowsTheWindow(t *testing.T) {
 	// Three in flight: the window is full for at least a whole length.
 	if d, err := l.Delay(ctx, scan); err != nil || d != length {
 		t.Fatalf("Delay with 3 in flight = %s, %v; want %s (a lower bound)", d, err, length)
+	}
+	if n, d, err := l.Room(ctx, scan); err != nil || n != 0 || d != length {
+		t.Fatalf("Room with 3 in flight = %d, %s, %v; want 0, %s", n, d, err, length)
+	}
+	if n, d, err := l.Room(ctx, defender.MachineReads); err != nil || n != 3 || d != 0 {
+		t.Fatalf("Room of machine reads = %d, %s, %v; want 3, 0", n, d, err)
 	}
 	// Another family is not affected.
 	if d, err := l.Delay(ctx, defender.MachineReads); err != nil || d != 0 {

@@ -14,7 +14,7 @@ import (
 
 var (
 	_ defender.CompletionLimiter = (*Limiter)(nil)
-	_ defender.DelayLimiter      = (*Limiter)(nil)
+	_ defender.RoomLimiter       = (*Limiter)(nil)
 )
 
 // ErrClosed is returned by Wait, Delay and PollTurn after Close.
@@ -98,6 +98,9 @@ type verdict struct {
 	// complete first.
 	wait  time.Duration
 	exact bool
+	// room is how many more calls every window would admit now (a peek
+	// only; 0 when blocked).
+	room int
 }
 
 func (l *Limiter) familyState(family defender.Family) (*familyState, error) {
@@ -196,8 +199,12 @@ func (l *Limiter) runCheck(ctx context.Context, f *familyState, peek bool, undon
 	}
 	v := verdict{exact: true}
 	blocked := false
+	room := -1
 	for i, w := range l.windows {
-		if int(p+done[i]) < w.limit {
+		if left := w.limit - int(p+done[i]); left > 0 {
+			if room < 0 || left < room {
+				room = left
+			}
 			continue
 		}
 		blocked = true
@@ -211,7 +218,7 @@ func (l *Limiter) runCheck(ctx context.Context, f *familyState, peek bool, undon
 	}
 	if !blocked {
 		// Only a peek gets here: there is room now.
-		return verdict{exact: true}, nil
+		return verdict{exact: true, room: room}, nil
 	}
 	// Never 0: a caller must not spin.
 	v.wait = max(v.wait, time.Millisecond)
@@ -379,6 +386,21 @@ func (l *Limiter) Delay(ctx context.Context, family defender.Family) (time.Durat
 		return 0, fmt.Errorf("pglimit: predict the wait of %s: %w", family, err)
 	}
 	return v.wait, nil
+}
+
+// Room is Delay with the size of the room: how many more calls of family
+// every window would admit now (0 when none, with the predicted wait). It
+// takes nothing; see Delay for what that means across replicas.
+func (l *Limiter) Room(ctx context.Context, family defender.Family) (int, time.Duration, error) {
+	f, err := l.familyState(family)
+	if err != nil {
+		return 0, 0, err
+	}
+	v, err := l.check(ctx, f, true)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pglimit: predict the room of %s: %w", family, err)
+	}
+	return v.room, v.wait, nil
 }
 
 // maybePrune deletes, at most once per PruneEvery and in the background,
