@@ -222,15 +222,15 @@ func (l *SlidingWindowLimiter) Wait(ctx context.Context, family Family) error {
 }
 
 // Delay predicts how long a call of family would wait now: 0 when it would
-// be admitted at once. It takes nothing. It implements DelayLimiter.
-func (l *SlidingWindowLimiter) Delay(_ context.Context, family Family) (time.Duration, error) {
+// be admitted at once. It takes nothing.
+func (l *SlidingWindowLimiter) Delay(family Family) time.Duration {
 	if family < 0 || family >= numFamilies {
-		return 0, fmt.Errorf("rate limiter: unknown family %d", int(family))
+		return 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	wait, _ := l.peek(&l.families[family])
-	return wait, nil
+	return wait
 }
 
 // Room implements RoomLimiter.
@@ -248,8 +248,7 @@ func (l *SlidingWindowLimiter) Room(_ context.Context, family Family) (int, time
 	now := l.now()
 	room := -1
 	for _, w := range l.windows {
-		first := sort.Search(len(f.done), func(i int) bool { return now.Sub(f.done[i]) < w.Length })
-		if left := w.Limit - f.pending - (len(f.done) - first); room < 0 || left < room {
+		if left := w.Limit - f.pending - (len(f.done) - f.firstIn(now, w.Length)); room < 0 || left < room {
 			room = left
 		}
 	}
@@ -281,7 +280,7 @@ func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 	var wait time.Duration
 	blocked := false
 	for _, w := range l.windows {
-		first := sort.Search(len(f.done), func(i int) bool { return now.Sub(f.done[i]) < w.Length })
+		first := f.firstIn(now, w.Length)
 		inWindow := len(f.done) - first
 		if f.pending+inWindow < w.Limit {
 			continue
@@ -302,6 +301,12 @@ func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 	}
 	f.pending++
 	return 0, true
+}
+
+// firstIn is the index of the first completion a window of length ending
+// now still sees.
+func (f *familyLog) firstIn(now time.Time, length time.Duration) int {
+	return sort.Search(len(f.done), func(i int) bool { return now.Sub(f.done[i]) < length })
 }
 
 // Done records that an admitted call finished now.

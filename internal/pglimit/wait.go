@@ -17,7 +17,7 @@ var (
 	_ defender.RoomLimiter       = (*Limiter)(nil)
 )
 
-// ErrClosed is returned by Wait, Delay and PollTurn after Close.
+// ErrClosed is returned by Wait, Delay, Room and PollTurn after Close.
 var ErrClosed = errors.New("pglimit: limiter closed")
 
 const (
