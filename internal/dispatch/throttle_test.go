@@ -233,6 +233,19 @@ func countOutcome(j store.JobDetail, outcome string) int {
 	return n
 }
 
+// jobStates counts the states of the receipts' jobs, and the attempts
+// given back to the local rate limit, which the budget look exists to avoid.
+func (e *env) jobStates(t testing.TB, receipts []string) (states map[string]int, holdBacks int) {
+	t.Helper()
+	states = map[string]int{}
+	for _, r := range receipts {
+		j := e.mustJob(t, r)
+		states[j.State]++
+		holdBacks += countOutcome(j, store.OutcomeNotAttempted)
+	}
+	return states, holdBacks
+}
+
 func (e *env) mustJob(t testing.TB, receipt string) store.JobDetail {
 	t.Helper()
 	j, _ := e.job(t, receipt)
@@ -267,17 +280,7 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 
-	// countStates reads every job's state; holdBacks counts the
-	// attempts given back, which the gate exists to avoid.
-	countStates := func() (map[string]int, int) {
-		states, holdBacks := map[string]int{}, 0
-		for _, r := range receipts {
-			j := e.mustJob(t, r)
-			states[j.State]++
-			holdBacks += countOutcome(j, store.OutcomeNotAttempted)
-		}
-		return states, holdBacks
-	}
+	countStates := func() (map[string]int, int) { return e.jobStates(t, receipts) }
 	waitFor(t, 10*time.Second, func() bool {
 		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 2
 	}, func() string { return "the dispatcher never waited for the scan budget" })
@@ -324,15 +327,7 @@ func TestClaimsNoMoreThanTheRoom(t *testing.T) {
 		receipts = append(receipts, r)
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
-	count := func() (map[string]int, int) {
-		states, holdBacks := map[string]int{}, 0
-		for _, r := range receipts {
-			j := e.mustJob(t, r)
-			states[j.State]++
-			holdBacks += countOutcome(j, store.OutcomeNotAttempted)
-		}
-		return states, holdBacks
-	}
+	count := func() (map[string]int, int) { return e.jobStates(t, receipts) }
 	waitFor(t, 10*time.Second, func() bool {
 		states, _ := count()
 		return states[store.JobSubmitted] == 3 && counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
