@@ -240,36 +240,34 @@ func (l *SlidingWindowLimiter) Room(_ context.Context, family Family) (int, time
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := &l.families[family]
-	if wait, ok := l.peek(f); !ok {
-		return 0, wait, nil
-	}
-	// peek pruned the log and found room in every window.
-	now := l.now()
-	room := -1
-	for _, w := range l.windows {
-		if left := w.Limit - f.pending - (len(f.done) - f.firstIn(now, w.Length)); room < 0 || left < room {
-			room = left
-		}
-	}
-	return room, 0, nil
+	wait, room := l.check(&l.families[family])
+	return room, wait, nil
 }
 
 // peek is admit without taking the slot. Called with l.mu held.
 func (l *SlidingWindowLimiter) peek(f *familyLog) (time.Duration, bool) {
-	wait, ok := l.admit(f)
-	if ok {
-		f.pending--
-	}
-	return wait, ok
+	wait, room := l.check(f)
+	return wait, room > 0
 }
 
-// admit takes a slot if every window has room. Otherwise it returns how
-// long until a slot can free up in every window: exact when completed calls
-// must age out, a lower bound (the window's length) when calls still in
-// flight must complete first, for their completion is then counted for a
-// whole window. Called with l.mu held.
+// admit takes a slot if every window has room, else returns check's wait.
+// Called with l.mu held.
 func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
+	wait, room := l.check(f)
+	if room == 0 {
+		return wait, false
+	}
+	f.pending++
+	return 0, true
+}
+
+// check returns how many more calls every window has room for now, and
+// when none, how long until a slot can free up in every window: exact when
+// completed calls must age out, a lower bound (the window's length) when
+// calls still in flight must complete first, for their completion is then
+// counted for a whole window. It prunes the log and takes nothing. Called
+// with l.mu held.
+func (l *SlidingWindowLimiter) check(f *familyLog) (wait time.Duration, room int) {
 	now := l.now()
 	longest := l.windows[len(l.windows)-1].Length
 	// Prune what no window can see any more.
@@ -277,12 +275,15 @@ func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 	// (and so compacts) once the spare capacity runs out.
 	cut := sort.Search(len(f.done), func(i int) bool { return now.Sub(f.done[i]) < longest })
 	f.done = f.done[cut:]
-	var wait time.Duration
+	room = -1
 	blocked := false
 	for _, w := range l.windows {
 		first := f.firstIn(now, w.Length)
 		inWindow := len(f.done) - first
-		if f.pending+inWindow < w.Limit {
+		if left := w.Limit - f.pending - inWindow; left > 0 {
+			if room < 0 || left < room {
+				room = left
+			}
 			continue
 		}
 		blocked = true
@@ -297,10 +298,9 @@ func (l *SlidingWindowLimiter) admit(f *familyLog) (time.Duration, bool) {
 	}
 	if blocked {
 		// Never 0: a caller must not spin.
-		return max(wait, time.Millisecond), false
+		return max(wait, time.Millisecond), 0
 	}
-	f.pending++
-	return 0, true
+	return 0, room
 }
 
 // firstIn is the index of the first completion a window of length ending
