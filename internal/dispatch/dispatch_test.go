@@ -251,6 +251,8 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 			e := newEnv(t, envOpts{sim: defendersim.Options{Seed: 7}})
 			m := machine(t, e.sim, 2)
 			e.sim.SetFaults(tc.faults)
+			cs := &countingStore{}
+			e.wrap = func(s Store) Store { cs.Store = s; return cs }
 			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
 			base, maxDelay := 20*time.Millisecond, 80*time.Millisecond
 			start(t, e.dispatcher(t, Options{BackoffBase: base, BackoffMax: maxDelay, MaxAttempts: 50}))
@@ -279,7 +281,14 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 			}
 			// With Rand fixed at 0.5 the delay after attempt n is
 			// 0.75·min(base·2^(n-1), max): the gaps grow exponentially.
-			at := attemptTimes(j)
+			// Measured from claim to claim: an attempt is claimed only
+			// once due, and decides its retry after its own claim. The
+			// outcomes' recorded times, used before, carry the writer's
+			// commit delay, which made a gap look short under load.
+			at := cs.claimTimes()
+			if len(at) != len(j.History) {
+				t.Fatalf("claims = %d, attempts recorded = %d", len(at), len(j.History))
+			}
 			for n := 1; n < len(at); n++ {
 				want := min(base<<(n-1), maxDelay) * 3 / 4
 				if gap := at[n].Sub(at[n-1]); gap < want {
@@ -288,15 +297,6 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 			}
 		})
 	}
-}
-
-// attemptTimes are the recorded attempt outcome times.
-func attemptTimes(j store.JobDetail) []time.Time {
-	var out []time.Time
-	for _, h := range j.History {
-		out = append(out, h.At)
-	}
-	return out
 }
 
 func TestThrottledHonoursRetryAfter(t *testing.T) {

@@ -328,9 +328,29 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 type countingStore struct {
 	Store
 	claims atomic.Int64
+
+	mu sync.Mutex
+	// claimed holds when each job was handed out, once per claim: an
+	// attempt starts then, after the claim's query found it due.
+	claimed []time.Time
 }
 
 func (c *countingStore) ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Job, error) {
 	defer c.claims.Add(1)
-	return c.Store.ClaimJobs(ctx, owner, limit, lease)
+	jobs, err := c.Store.ClaimJobs(ctx, owner, limit, lease)
+	if len(jobs) > 0 {
+		now := time.Now()
+		c.mu.Lock()
+		for range jobs {
+			c.claimed = append(c.claimed, now)
+		}
+		c.mu.Unlock()
+	}
+	return jobs, err
+}
+
+func (c *countingStore) claimTimes() []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Time(nil), c.claimed...)
 }
