@@ -125,8 +125,9 @@ func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, erro
 	q.Add("_pragma", "temp_store(MEMORY)")
 	switch role {
 	case roleWriter:
-		// Take the write lock at BEGIN, so a second process on the same
-		// file waits in busy_timeout instead of failing at the first write.
+		// Migrations take the write lock at BEGIN, so a second process on
+		// the same file waits in busy_timeout instead of failing at the
+		// first write (the writer says BEGIN IMMEDIATE itself).
 		q.Set("_txlock", "immediate")
 		// The checkpointer copies the WAL back, not the writer's commits
 		// (see checkpointConfig). journal_size_limit: when the writer
@@ -164,12 +165,8 @@ func (s *sqlStore) openSQLite(ctx context.Context, dsn string, ckpt checkpointCo
 	if err != nil {
 		return fmt.Errorf("open sqlite %q: %w", dsn, err)
 	}
-	// The writer goroutine runs one transaction at a time, so one
-	// connection does the writing. The second only lets the statement
-	// cache prepare a new statement (database/sql prepares DB-level
-	// statements on a free connection) while the writer's transaction
-	// holds the first; the transaction then prepares it on its own
-	// connection once and reuses it from there on.
+	// The writer goroutine holds one connection for good (newWriter); the
+	// second serves Ping, so a health check never waits for a commit.
 	wdb.SetMaxOpenConns(2)
 	wdb.SetMaxIdleConns(2)
 	wdb.SetConnMaxIdleTime(0)
@@ -190,7 +187,11 @@ func (s *sqlStore) openSQLite(ctx context.Context, dsn string, ckpt checkpointCo
 		rdb.Close()
 		return fmt.Errorf("open sqlite %q: %w", dsn, err)
 	}
-	s.writer = newWriter(wdb, s.log)
+	if s.writer, err = newWriter(ctx, wdb, s.log); err != nil {
+		wdb.Close()
+		rdb.Close()
+		return fmt.Errorf("open sqlite %q: %w", dsn, err)
+	}
 	if !ckpt.off {
 		c, err := newCheckpointer(ctx, dsn, ckpt, s.writer, s.log)
 		if err != nil {
@@ -348,46 +349,41 @@ type querier interface {
 type q struct {
 	x  querier
 	pg bool
-	// SQLite writer only: the write connection's prepared statements.
+	// SQLite writer only: statements prepared on the write connection.
 	// Parsing is a third of an ingest's CPU otherwise; pgx already caches
 	// prepared statements per connection on its own.
 	stmts *stmtCache
-	tx    *sql.Tx
 }
 
-// stmtCache holds statements prepared on SQLite's single write
-// connection, so that every transaction on it reuses them.
+// stmtCache holds the statements prepared on SQLite's write connection;
+// only the writer goroutine uses it, one transaction at a time.
 type stmtCache struct {
-	db *sql.DB
-	mu sync.Mutex
-	m  map[string]*sql.Stmt
+	conn *sql.Conn
+	m    map[string]*sql.Stmt
 }
 
 // maxCachedStmts bounds the cache; the statement texts are fixed except a
 // few with a placeholder list that varies with a batch size.
 const maxCachedStmts = 200
 
-func (c *stmtCache) stmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// stmt returns the prepared statement for query, or nil when the cache is
+// full (the caller then runs the text on the connection).
+func (c *stmtCache) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	if st, ok := c.m[query]; ok {
-		return tx.StmtContext(ctx, st), true, nil
+		return st, nil
 	}
 	if len(c.m) >= maxCachedStmts {
-		st, err := tx.PrepareContext(ctx, query)
-		return st, false, err
+		return nil, nil
 	}
-	st, err := c.db.PrepareContext(ctx, query)
+	st, err := c.conn.PrepareContext(ctx, query)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	c.m[query] = st
-	return tx.StmtContext(ctx, st), true, nil
+	return st, nil
 }
 
 func (c *stmtCache) close() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, st := range c.m {
 		st.Close()
 	}
@@ -403,34 +399,38 @@ func (c q) sql(query string) string {
 
 func (c q) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if c.stmts != nil {
-		st, _, err := c.stmts.stmt(ctx, c.tx, query)
+		st, err := c.stmts.stmt(ctx, query)
 		if err != nil {
 			return nil, err
 		}
-		// A Stmt from Tx.StmtContext is closed with the transaction.
-		return st.ExecContext(ctx, args...)
+		if st != nil {
+			return st.ExecContext(ctx, args...)
+		}
 	}
 	return c.x.ExecContext(ctx, c.sql(query), args...)
 }
 
 func (c q) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	if c.stmts != nil {
-		st, _, err := c.stmts.stmt(ctx, c.tx, query)
+		st, err := c.stmts.stmt(ctx, query)
 		if err != nil {
 			return nil, err
 		}
-		return st.QueryContext(ctx, args...)
+		if st != nil {
+			return st.QueryContext(ctx, args...)
+		}
 	}
 	return c.x.QueryContext(ctx, c.sql(query), args...)
 }
 
 func (c q) row(ctx context.Context, query string, args ...any) *sql.Row {
 	if c.stmts != nil {
-		st, _, err := c.stmts.stmt(ctx, c.tx, query)
-		if err == nil {
+		st, err := c.stmts.stmt(ctx, query)
+		if err == nil && st != nil {
 			return st.QueryRowContext(ctx, args...)
 		}
-		// Let the error surface from Scan, as database/sql does.
+		// On a prepare error the same text fails again below, and the
+		// error surfaces from Scan, as database/sql does.
 	}
 	return c.x.QueryRowContext(ctx, c.sql(query), args...)
 }
@@ -454,9 +454,7 @@ func (s *sqlStore) reader() q { return q{x: s.db, pg: s.pg} }
 // state across runs except what it resets at its start.
 func (s *sqlStore) write(ctx context.Context, fn func(ctx context.Context, tx q) error) error {
 	if s.writer != nil {
-		return s.writer.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-			return fn(ctx, q{x: tx, tx: tx, stmts: s.writer.stmts})
-		})
+		return s.writer.do(ctx, fn)
 	}
 	const maxTries = 8
 	for try := 1; ; try++ {
@@ -531,8 +529,16 @@ func (s *sqlStore) Close() error {
 // takes them all, each inside its own SAVEPOINT so that one failing call is
 // rolled back alone. Every caller returns only after the transaction holding
 // its work has committed.
+//
+// It runs BEGIN and COMMIT itself on a connection it holds (a *sql.Conn)
+// rather than through *sql.Tx: database/sql starts a goroutine for every
+// query inside a Tx (Rows.awaitDone, watching the Tx's own cancelable
+// context), about five per ingest, and under load those goroutines were
+// most of the scheduler's run queue, so the writer (the service's one
+// serial step) waited behind them for a CPU. Queries on a Conn with a
+// context that cannot be cancelled start none.
 type writer struct {
-	db      *sql.DB
+	conn    *sql.Conn
 	stmts   *stmtCache
 	log     *slog.Logger
 	reqs    chan *writeReq
@@ -549,7 +555,7 @@ type writer struct {
 
 type writeReq struct {
 	ctx  context.Context
-	fn   func(ctx context.Context, tx *sql.Tx) error
+	fn   func(ctx context.Context, tx q) error
 	done chan error // buffered 1
 }
 
@@ -557,10 +563,15 @@ type writeReq struct {
 // under a storm.
 const maxBatch = 256
 
-func newWriter(db *sql.DB, log *slog.Logger) *writer {
+// newWriter takes one connection of db for good and starts the writer on it.
+func newWriter(ctx context.Context, db *sql.DB, log *slog.Logger) (*writer, error) {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite writer connection: %w", err)
+	}
 	w := &writer{
-		db:      db,
-		stmts:   &stmtCache{db: db, m: map[string]*sql.Stmt{}},
+		conn:    conn,
+		stmts:   &stmtCache{conn: conn, m: map[string]*sql.Stmt{}},
 		log:     log,
 		reqs:    make(chan *writeReq, 4*maxBatch),
 		closing: make(chan struct{}),
@@ -568,10 +579,10 @@ func newWriter(db *sql.DB, log *slog.Logger) *writer {
 		pauses:  make(chan chan struct{}),
 	}
 	go w.loop()
-	return w
+	return w, nil
 }
 
-func (w *writer) do(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+func (w *writer) do(ctx context.Context, fn func(ctx context.Context, tx q) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -603,6 +614,7 @@ func (w *writer) close() {
 	w.once.Do(func() { close(w.closing) })
 	<-w.exited
 	w.stmts.close()
+	w.conn.Close()
 }
 
 func (w *writer) loop() {
@@ -652,38 +664,62 @@ func (w *writer) drain() {
 	}
 }
 
+// exec runs one of the writer's own fixed statements (BEGIN, SAVEPOINT...).
+func (w *writer) exec(query string) error {
+	_, err := q{x: w.conn, stmts: w.stmts}.exec(context.Background(), query)
+	return err
+}
+
+// rollback ends a failed transaction. Its error is only logged: a
+// connection that cannot roll back fails the next BEGIN, which reports it.
+func (w *writer) rollback() {
+	if err := w.exec("ROLLBACK"); err != nil {
+		w.log.Error("store: rollback failed", "err", err)
+	}
+}
+
 func (w *writer) run(batch []*writeReq) {
-	// The transaction must not die with one caller's context.
-	ctx := context.Background()
 	fail := func(rs []*writeReq, err error) {
 		for _, r := range rs {
 			r.done <- err
 		}
 	}
-	tx, err := w.db.BeginTx(ctx, nil)
-	if err != nil {
-		fail(batch, fmt.Errorf("begin: %w", err))
-		return
+	// IMMEDIATE takes the write lock now, so a second process on the same
+	// file waits in busy_timeout here instead of failing at its first write.
+	if err := w.exec("BEGIN IMMEDIATE"); err != nil {
+		// A transaction a failed ROLLBACK left open would fail every
+		// batch from here on; end it and try once more.
+		w.exec("ROLLBACK")
+		if err := w.exec("BEGIN IMMEDIATE"); err != nil {
+			fail(batch, fmt.Errorf("begin: %w", err))
+			return
+		}
 	}
+	tx := q{x: w.conn, stmts: w.stmts}
 	ok := make([]*writeReq, 0, len(batch))
 	for i, r := range batch {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- err
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
-			tx.Rollback()
+		if err := w.exec("SAVEPOINT w"); err != nil {
+			w.rollback()
 			fail(ok, fmt.Errorf("savepoint: %w", err))
 			fail(batch[i:], fmt.Errorf("savepoint: %w", err))
 			return
 		}
 		// Without cancellation: a statement interrupted mid-transaction
 		// can make SQLite roll back the whole transaction, sinking the
-		// other callers' work with it.
+		// other callers' work with it. (Also what keeps database/sql from
+		// starting a goroutine per query, see writer.)
 		if ferr := r.fn(context.WithoutCancel(r.ctx), tx); ferr != nil {
-			if _, err := tx.ExecContext(ctx, "ROLLBACK TO w; RELEASE w"); err != nil {
+			err := w.exec("ROLLBACK TO w")
+			if err == nil {
+				err = w.exec("RELEASE w")
+			}
+			if err != nil {
 				// The transaction is unusable: nothing of this batch commits.
-				tx.Rollback()
+				w.rollback()
 				err = fmt.Errorf("rollback to savepoint after %v: %w", ferr, err)
 				fail(ok, err)
 				r.done <- ferr
@@ -693,8 +729,8 @@ func (w *writer) run(batch []*writeReq) {
 			r.done <- ferr
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
-			tx.Rollback()
+		if err := w.exec("RELEASE w"); err != nil {
+			w.rollback()
 			err = fmt.Errorf("release savepoint: %w", err)
 			fail(ok, err)
 			fail(batch[i:], err)
@@ -703,10 +739,14 @@ func (w *writer) run(batch []*writeReq) {
 		ok = append(ok, r)
 	}
 	if len(ok) == 0 {
-		tx.Rollback()
+		w.rollback()
 		return
 	}
-	if err := tx.Commit(); err != nil {
+	if err := w.exec("COMMIT"); err != nil {
+		// SQLite may leave the transaction open after a failed COMMIT
+		// (SQLITE_BUSY); end it so the next batch starts clean. When it
+		// did not, this ROLLBACK fails with nothing to report.
+		w.exec("ROLLBACK")
 		w.log.Error("store: group commit failed", "calls", len(ok), "err", err)
 		fail(ok, fmt.Errorf("commit: %w", err))
 		return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -485,6 +486,66 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 	ran := false
 	if err := s.write(cctx, func(context.Context, q) error { ran = true; return nil }); !errors.Is(err, context.Canceled) || ran {
 		t.Errorf("cancelled write: err %v, ran %v", err, ran)
+	}
+}
+
+// TestWriterQueriesStartNoGoroutine: a query inside a *sql.Tx makes
+// database/sql start a goroutine (Rows.awaitDone) per query; at thousands of
+// ingests a second those crowded the writer off the CPU. The writer's
+// queries must start none.
+func TestWriterQueriesStartNoGoroutine(t *testing.T) {
+	s := sqliteBackend(t).open(t).(*sqlStore)
+	ctx := context.Background()
+	var started int
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		for i := range 20 {
+			before := runtime.NumGoroutine()
+			var n int
+			if err := tx.row(ctx, `SELECT count(*) FROM devices WHERE key <> ?`, fmt.Sprint(i)).Scan(&n); err != nil {
+				return err
+			}
+			rows, err := tx.query(ctx, `SELECT key FROM devices`)
+			if err != nil {
+				return err
+			}
+			if runtime.NumGoroutine() > before {
+				started++
+			}
+			rows.Close()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if started > 0 {
+		t.Errorf("%d of 20 rounds of writer queries started a goroutine, want none", started)
+	}
+}
+
+// TestWriterSurvivesABrokenTransaction: work that ends the group's
+// transaction itself fails, and the writer goes on with a clean one.
+func TestWriterSurvivesABrokenTransaction(t *testing.T) {
+	s := sqliteBackend(t).open(t).(*sqlStore)
+	ctx := context.Background()
+	err := s.write(ctx, func(ctx context.Context, tx q) error {
+		_, err := tx.exec(ctx, `ROLLBACK`)
+		return err
+	})
+	if err == nil {
+		t.Fatal("a write that rolled the transaction back reported success")
+	}
+	for i := range 3 {
+		if err := s.write(ctx, func(ctx context.Context, tx q) error {
+			_, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?)`, fmt.Sprintf("after%d", i))
+			return err
+		}); err != nil {
+			t.Fatalf("write %d after the broken one: %v", i, err)
+		}
+	}
+	var n int
+	if err := s.reader().row(ctx, `SELECT count(*) FROM devices WHERE key LIKE 'after%'`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("%d rows committed after the broken transaction (err %v), want 3", n, err)
 	}
 }
 
