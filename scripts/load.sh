@@ -49,6 +49,10 @@
 #   LOG_LEVEL=warn    scanhook's log level (info logs a line per request)
 #   INGEST_PER_SECOND server.ingest_per_second (and ingest_burst) to try;
 #                     unset: the service's default
+#   START_DB          a SQLite file from an earlier run (KEEP=1) to start
+#                     from instead of an empty one: how the ingest copes with
+#                     a large database (its receipts then count as "stored
+#                     but not acknowledged")
 #   SQLITE_PRAGMAS    extra SQLite pragmas for experiments, e.g.
 #                     "wal_autocheckpoint(0)" or "synchronous(NORMAL)" (comma
 #                     separated; appended to store.dsn as _pragma=...)
@@ -161,6 +165,9 @@ log "defender-sim at $SIM_URL with $(jq '.value | length' "$WORK/machines.json")
 PORT=$("$WORK/bin/loadgen" port)
 BASE="http://127.0.0.1:$PORT"
 cp examples/rules.yaml "$WORK/rules.yaml"
+if [[ -n ${START_DB:-} ]]; then
+	cp "$START_DB" "$WORK/scanhook.db" || die "cannot copy START_DB $START_DB"
+fi
 DSN=scanhook.db
 if [[ -n ${SQLITE_PRAGMAS:-} ]]; then
 	DSN="file:$WORK/scanhook.db?$(tr ',' '\n' <<<"$SQLITE_PRAGMAS" | sed 's/^/_pragma=/' | paste -sd '&')"
