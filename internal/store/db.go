@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
-	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite"               // also registers the "sqlite" database/sql driver
 )
 
 //go:embed migrations
@@ -111,13 +111,17 @@ func sqliteDSN(dsn string, role sqliteRole, ckpt checkpointConfig) (string, erro
 	// (NORMAL would be enough for that) but a power cut or kernel panic
 	// too; group commit makes one fsync cover a whole batch, which is what
 	// keeps FULL affordable.
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
+	//
+	// busy_timeout first: the driver runs these in order on each new
+	// connection, and the others should wait for a lock where SQLite lets
+	// them (journal_mode(WAL) on a new file cannot: connectRetryingBusy).
 	if role == roleCheckpointer {
 		q.Add("_pragma", "busy_timeout("+strconv.Itoa(checkpointBusyTimeoutMS)+")")
 	} else {
 		q.Add("_pragma", "busy_timeout(10000)")
 	}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	// Group commit runs every call in a SAVEPOINT; keep the statement
 	// sub-journals in memory instead of temp files (they are never needed
@@ -246,9 +250,9 @@ func migrate(ctx context.Context, db *sql.DB, pg bool) error {
 	}
 	sort.Strings(names)
 
-	conn, err := db.Conn(ctx)
+	conn, err := connectRetryingBusy(ctx, db)
 	if err != nil {
-		return err
+		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
 	if pg {
@@ -271,7 +275,7 @@ func migrate(ctx context.Context, db *sql.DB, pg bool) error {
 	// serializes processes opening the same file at once.
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
 	c := q{x: tx, pg: pg}
@@ -316,6 +320,31 @@ func migrate(ctx context.Context, db *sql.DB, pg bool) error {
 	}
 	return nil
 }
+
+// connectRetryingBusy opens a connection, trying again for up to 10 s
+// while SQLite answers SQLITE_BUSY. A new connection sets journal_mode(WAL);
+// on a new file that is a write, and when another process or store is
+// opening the same file at that moment SQLite refuses it at once, without
+// waiting in busy_timeout (it would deadlock: the statement already holds a
+// read lock). Once the file is in WAL mode the pragma takes no lock.
+func connectRetryingBusy(ctx context.Context, db *sql.DB) (*sql.Conn, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for try := 1; ; try++ {
+		conn, err := db.Conn(ctx)
+		var se *sqlite.Error
+		if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqliteBusy || time.Now().After(deadline) {
+			return conn, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(min(try, 10)) * 5 * time.Millisecond):
+		}
+	}
+}
+
+// sqliteBusy is SQLITE_BUSY, the primary result code.
+const sqliteBusy = 5
 
 // rebind turns the ? placeholders every query is written with into
 // PostgreSQL's $1, $2… (no query has a ? inside a string literal).
