@@ -167,6 +167,8 @@ BASE="http://127.0.0.1:$PORT"
 cp examples/rules.yaml "$WORK/rules.yaml"
 if [[ -n ${START_DB:-} ]]; then
 	cp "$START_DB" "$WORK/scanhook.db" || die "cannot copy START_DB $START_DB"
+	# Written out before the run, or the copy's writeback competes with it.
+	sync "$WORK/scanhook.db"
 fi
 DSN=scanhook.db
 if [[ -n ${SQLITE_PRAGMAS:-} ]]; then
