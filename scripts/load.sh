@@ -109,6 +109,12 @@ fi
 
 # --- work dir, processes, cleanup ----------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scanhook-load.XXXXXX")
+# vegeta's results (tens of MB a phase, never fsynced) go to memory when
+# /dev/shm is there: on the service's disk the kernel wrote them back about
+# 25 s into a phase, and the service's fsyncs waited behind that, a 100-150
+# ms spike that belongs to the load tool, not to scanhook.
+RESULTS=$WORK
+if [[ -d /dev/shm && -w /dev/shm ]]; then RESULTS=$(mktemp -d /dev/shm/scanhook-load.XXXXXX); fi
 SIM_PID="" SCANHOOK_PID=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -122,6 +128,10 @@ cleanup() {
 		fi
 	done
 	wait 2>/dev/null || true
+	if [[ $RESULTS != "$WORK" ]]; then
+		if [[ ${KEEP:-} == 1 ]]; then mv "$RESULTS"/* "$WORK"/ 2>/dev/null || true; fi
+		rm -rf "$RESULTS"
+	fi
 	if [[ ${KEEP:-} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -270,13 +280,13 @@ run_phase() {
 		-machines "$WORK/machines.json" -sample testdata/samples/mde-alert.json \
 		-devices "$DEVICES" -run "load-$phase-$$" || true; } |
 		GOMAXPROCS=$THREADS "$VEGETA" attack -lazy -format=json -rate="$rate" "${workers[@]}" \
-			-duration="$duration" -timeout=10s -max-body=4096 -keepalive=true >"$WORK/$phase.bin"
+			-duration="$duration" -timeout=10s -max-body=4096 -keepalive=true >"$RESULTS/$phase.bin"
 	t1=$(date +%s.%N)
 	cpu1=$(cpu_ticks "$SCANHOOK_PID")
 	if [[ -n $prof_pid ]]; then wait "$prof_pid" || log "phase $phase: a profile failed"; fi
 	children_cpu lt1
-	"$VEGETA" report -type=json "$WORK/$phase.bin" >"$WORK/$phase.json"
-	"$VEGETA" report -type='hist[0,5ms,10ms,25ms,50ms,100ms,250ms]' "$WORK/$phase.bin" >"$WORK/$phase.hist"
+	"$VEGETA" report -type=json "$RESULTS/$phase.bin" >"$WORK/$phase.json"
+	"$VEGETA" report -type='hist[0,5ms,10ms,25ms,50ms,100ms,250ms]' "$RESULTS/$phase.bin" >"$WORK/$phase.hist"
 
 	local r=$WORK/$phase.json n202 other rps p50 p90 p99 pmax cpu ltcpu
 	n202=$(jq '.status_codes["202"] // 0' "$r")
@@ -292,14 +302,14 @@ run_phase() {
 	TOTAL_202=$((TOTAL_202 + n202))
 	# The receipts of the accepted deliveries, for the durability check;
 	# a 202 must also be a new alert, never a duplicate.
-	"$VEGETA" encode --to json "$WORK/$phase.bin" |
+	"$VEGETA" encode --to json "$RESULTS/$phase.bin" |
 		jq -r 'select(.code == 202) | .body | @base64d | fromjson | "\(.receipt) \(.duplicate)"' >"$WORK/$phase.acked"
 	rps=$(jq -r --argjson n "$n202" '$n / ((.duration + .wait) / 1e9) | floor' "$r")
 	read -r p50 p90 p99 pmax < <(jq -r '.latencies | [.["50th"], .["90th"], .["99th"], .max] | map(. / 1e6 * 100 | round / 100) | @tsv' "$r")
 	# The same without the first 5 s, to tell the cold start (connections,
 	# first writes to each device, heap growth) from the steady state.
 	local p99w
-	p99w=$("$VEGETA" encode --to csv "$WORK/$phase.bin" |
+	p99w=$("$VEGETA" encode --to csv "$RESULTS/$phase.bin" |
 		awk -F, 'NR == 1 { t0 = $1 } $1 - t0 >= 5e9 { print $3 / 1e6 }' | sort -n |
 		awk '{ a[NR] = $1 } END { if (NR) printf "%.2f", a[int(NR * 0.99)]; else print "-" }')
 	cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * (b - a) / hz / (t1 - t0) }')
@@ -312,7 +322,7 @@ run_phase() {
 	esac
 	# The p99 of each second shows a start-up spike apart from a steady tail.
 	local persec
-	persec=$("$VEGETA" encode --to csv "$WORK/$phase.bin" |
+	persec=$("$VEGETA" encode --to csv "$RESULTS/$phase.bin" |
 		awk -F, 'NR == 1 { t0 = $1 } { print int(($1 - t0) / 1e9), $3 / 1e6 }' | sort -k1,1n -k2,2n |
 		awk '{ v[$1, ++n[$1]] = $2 } END { for (s = 0; s in n; s++) printf "%s%.0f", (s ? " " : ""), v[s, int(n[s] * 0.99) ? int(n[s] * 0.99) : 1] }')
 	log "phase $phase: p99 of each second (ms): $persec"
