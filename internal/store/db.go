@@ -595,9 +595,11 @@ type writeReq struct {
 const maxBatch = 256
 
 // commitGap is the least time from the start of one group commit to the
-// start of the next: calls that arrive sooner wait for the rest of it and
-// join the next group. A call after a quiet spell starts at once, so it
-// costs nothing at low rates; under load it makes groups larger, and most
+// start of the next, once groups have more than one call: calls that
+// arrive sooner wait for the rest of it and join the next group. A call
+// after a quiet spell starts at once, and so does each call of a lone
+// sender whose groups are all of one (it would otherwise be held to one
+// call per gap); under concurrent load it makes groups larger, and most
 // of a commit's cost is per group, not per call (every group rewrites the
 // last page of each table and index it touched, and fsyncs). At 2,000
 // alerts/s, 4 ms took the groups from about 2.5 calls to about 10, the
@@ -663,7 +665,10 @@ func (w *writer) close() {
 func (w *writer) loop() {
 	defer close(w.exited)
 	batch := make([]*writeReq, 0, maxBatch)
-	var lastBegin time.Time
+	var (
+		lastBegin time.Time
+		lastSize  int
+	)
 	for {
 		batch = batch[:0]
 		// A pause first: under load reqs is always ready, and select
@@ -692,10 +697,10 @@ func (w *writer) loop() {
 				break fill
 			}
 		}
-		if wait := time.Until(lastBegin.Add(time.Duration(w.gap.Load()))); wait > 0 && len(batch) < maxBatch {
+		if wait := time.Until(lastBegin.Add(time.Duration(w.gap.Load()))); wait > 0 && lastSize > 1 && len(batch) < maxBatch {
 			batch = w.gather(batch, wait)
 		}
-		lastBegin = time.Now()
+		lastBegin, lastSize = time.Now(), len(batch)
 		w.run(batch)
 	}
 }

@@ -549,47 +549,62 @@ func TestWriterSurvivesABrokenTransaction(t *testing.T) {
 	}
 }
 
-// TestCommitGap: calls that come within the gap after a group commit began
-// wait and commit together; a call after a quiet spell does not wait.
+// TestCommitGap: once groups have more than one call, calls that come
+// within the gap after a group began wait and commit together; a call after
+// a quiet spell, and the calls of a lone sender, do not wait.
 func TestCommitGap(t *testing.T) {
 	s := sqliteBackend(t).open(t).(*sqlStore)
 	const gap = 300 * time.Millisecond
 	s.writer.gap.Store(int64(gap))
 	ctx := context.Background()
-	insert := func(key string) error {
+	insert := func(key string, hold time.Duration) error {
 		return s.write(ctx, func(ctx context.Context, tx q) error {
+			time.Sleep(hold)
 			_, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?)`, key)
 			return err
 		})
 	}
+	concurrently := func(fns ...func() error) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, len(fns))
+		for _, fn := range fns {
+			wg.Go(func() { errs <- fn() })
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
+	// A lone sender: five writes one after the other, none waits.
 	time.Sleep(gap)
 	start := time.Now()
-	if err := insert("first"); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d >= gap/2 {
-		t.Errorf("a write after a quiet spell took %v, want no wait for the %v gap", d, gap)
-	}
-
-	// Right after that group began: two calls, 50 ms apart, both inside
-	// the gap, so one group.
-	before := s.writer.commits.Load()
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for i, delay := range []time.Duration{0, 50 * time.Millisecond} {
-		wg.Go(func() {
-			time.Sleep(delay)
-			errs <- insert(fmt.Sprintf("gap%d", i))
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
+	for i := range 5 {
+		if err := insert(fmt.Sprintf("lone%d", i), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if d := time.Since(start); d >= gap/2 {
+		t.Errorf("five writes one after the other took %v, want no wait for the %v gap", d, gap)
+	}
+
+	// Two calls queue behind one that holds the writer: a group of two.
+	concurrently(
+		func() error { return insert("hold", 100*time.Millisecond) },
+		func() error { time.Sleep(20 * time.Millisecond); return insert("q1", 0) },
+		func() error { time.Sleep(20 * time.Millisecond); return insert("q2", 0) },
+	)
+	// Right after that group began: two calls, 50 ms apart, both inside
+	// the gap, so one group.
+	before := s.writer.commits.Load()
+	concurrently(
+		func() error { return insert("gap0", 0) },
+		func() error { time.Sleep(50 * time.Millisecond); return insert("gap1", 0) },
+	)
 	if n := s.writer.commits.Load() - before; n != 1 {
 		t.Errorf("two writes inside the gap took %d group commits, want 1", n)
 	}
