@@ -26,6 +26,19 @@ func (c *fakeClock) Set(d time.Duration) {
 	c.t = time.Unix(1_700_000_000, 0).Add(d)
 }
 
+// newWindowLimiter is a SlidingWindowLimiter on a fake clock set to 0;
+// margin as SlidingWindowOptions.Margin (0: the default, -1: none).
+func newWindowLimiter(t *testing.T, margin time.Duration, windows ...Window) (*SlidingWindowLimiter, *fakeClock) {
+	t.Helper()
+	clock := &fakeClock{}
+	clock.Set(0)
+	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: windows, Margin: margin, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, clock
+}
+
 func (l *SlidingWindowLimiter) try(f Family) (time.Duration, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -50,15 +63,7 @@ func TestSlidingWindowVersusTokenBucket(t *testing.T) {
 		t.Fatalf("token bucket admitted %d in one minute; the premise is wrong", admitted)
 	}
 
-	clock := &fakeClock{}
-	clock.Set(0)
-	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
-		Windows: []Window{{Limit: limit, Length: time.Minute}, {Limit: 1500, Length: time.Hour}},
-		Now:     clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, clock := newWindowLimiter(t, 0, Window{Limit: limit, Length: time.Minute}, Window{Limit: 1500, Length: time.Hour})
 	admitted = 0
 	for ms := 0; ms < 60_000; ms += 100 {
 		clock.Set(time.Duration(ms) * time.Millisecond)
@@ -90,14 +95,7 @@ func TestSlidingWindowVersusTokenBucket(t *testing.T) {
 }
 
 func TestSlidingWindowCountsInFlightCalls(t *testing.T) {
-	clock := &fakeClock{}
-	clock.Set(0)
-	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
-		Windows: []Window{{Limit: 2, Length: time.Second}}, Margin: -1, Now: clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, clock := newWindowLimiter(t, -1, Window{Limit: 2, Length: time.Second})
 	for range 2 {
 		if _, ok := l.try(ActionReads); !ok {
 			t.Fatal("first two calls blocked")
@@ -123,14 +121,7 @@ func TestSlidingWindowCountsInFlightCalls(t *testing.T) {
 }
 
 func TestSlidingWindowHourLimit(t *testing.T) {
-	clock := &fakeClock{}
-	clock.Set(0)
-	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
-		Windows: []Window{{Limit: 100, Length: time.Minute}, {Limit: 150, Length: time.Hour}}, Margin: -1, Now: clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, clock := newWindowLimiter(t, -1, Window{Limit: 100, Length: time.Minute}, Window{Limit: 150, Length: time.Hour})
 	admitted := 0
 	for m := 0; m < 60; m++ {
 		clock.Set(time.Duration(m) * time.Minute)
@@ -181,14 +172,7 @@ func TestSlidingWindowWaitRespectsContext(t *testing.T) {
 // predicted wait; one within the deadline is waited out. Delay predicts
 // without taking a slot.
 func TestSlidingWindowWaitPastDeadline(t *testing.T) {
-	clock := &fakeClock{}
-	clock.Set(0)
-	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
-		Windows: []Window{{Limit: 2, Length: time.Minute}, {Limit: 3, Length: time.Hour}}, Margin: -1, Now: clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, clock := newWindowLimiter(t, -1, Window{Limit: 2, Length: time.Minute}, Window{Limit: 3, Length: time.Hour})
 	if d := l.Delay(ScanActions); d != 0 {
 		t.Fatalf("Delay on an empty limiter = %s", d)
 	}
@@ -360,14 +344,7 @@ func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 // Room counts what every window still admits, calls in flight included,
 // takes nothing, and when there is none says how long until there is.
 func TestSlidingWindowRoom(t *testing.T) {
-	clock := &fakeClock{}
-	clock.Set(0)
-	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{
-		Windows: []Window{{Limit: 3, Length: time.Minute}, {Limit: 5, Length: time.Hour}}, Margin: -1, Now: clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, clock := newWindowLimiter(t, -1, Window{Limit: 3, Length: time.Minute}, Window{Limit: 5, Length: time.Hour})
 	ctx := context.Background()
 	for _, step := range []struct {
 		name      string
