@@ -567,8 +567,11 @@ func (s *sqlStore) Close() error {
 // serial step) waited behind them for a CPU. Queries on a Conn with a
 // context that cannot be cancelled start none.
 type writer struct {
-	conn    *sql.Conn
-	stmts   *stmtCache
+	conn  *sql.Conn
+	stmts *stmtCache
+	// tx runs statements on conn through stmts: the callers' work and the
+	// writer's own BEGIN, SAVEPOINT and COMMIT alike.
+	tx      q
 	log     *slog.Logger
 	reqs    chan *writeReq
 	closing chan struct{}
@@ -622,6 +625,7 @@ func newWriter(ctx context.Context, db *sql.DB, log *slog.Logger) (*writer, erro
 		exited:  make(chan struct{}),
 		pauses:  make(chan chan struct{}),
 	}
+	w.tx = q{x: conn, stmts: w.stmts}
 	w.gap.Store(int64(commitGap))
 	go w.loop()
 	return w, nil
@@ -737,7 +741,7 @@ func (w *writer) drain() {
 
 // exec runs one of the writer's own fixed statements (BEGIN, SAVEPOINT...).
 func (w *writer) exec(query string) error {
-	_, err := q{x: w.conn, stmts: w.stmts}.exec(context.Background(), query)
+	_, err := w.tx.exec(context.Background(), query)
 	return err
 }
 
@@ -766,7 +770,6 @@ func (w *writer) run(batch []*writeReq) {
 			return
 		}
 	}
-	tx := q{x: w.conn, stmts: w.stmts}
 	ok := make([]*writeReq, 0, len(batch))
 	for i, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -783,7 +786,7 @@ func (w *writer) run(batch []*writeReq) {
 		// can make SQLite roll back the whole transaction, sinking the
 		// other callers' work with it. (Also what keeps database/sql from
 		// starting a goroutine per query, see writer.)
-		if ferr := r.fn(context.WithoutCancel(r.ctx), tx); ferr != nil {
+		if ferr := r.fn(context.WithoutCancel(r.ctx), w.tx); ferr != nil {
 			err := w.exec("ROLLBACK TO w")
 			if err == nil {
 				err = w.exec("RELEASE w")
