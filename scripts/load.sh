@@ -317,19 +317,23 @@ run_phase() {
 		jq -r 'select(.code == 202) | .body | @base64d | fromjson | "\(.receipt) \(.duplicate)"' >"$WORK/$phase.acked"
 	rps=$(jq -r --argjson n "$n202" '$n / ((.duration + .wait) / 1e9) | floor' "$r")
 	read -r p50 p90 p99 pmax < <(jq -r '.latencies | [.["50th"], .["90th"], .["99th"], .max] | map(. / 1e6 * 100 | round / 100) | @tsv' "$r")
-	# One row per request: send time (ns), status, latency (ns), ...
-	local csv=$RESULTS/$phase.csv
+	# One row per request: send time (ns), status, latency (ns), ... in the
+	# order the responses came back, so the phase starts at the earliest send
+	# time, not the first row's: when the first requests stall, later ones
+	# finish first, and the first row's time would hide the stall.
+	local csv=$RESULTS/$phase.csv t0ns
 	"$VEGETA" encode --to csv "$RESULTS/$phase.bin" >"$csv"
+	t0ns=$(awk -F, 'NR == 1 || $1 < m { m = $1 } END { printf "%.0f", m }' "$csv")
 	# The same without the first 5 s, to tell the cold start (connections,
 	# first writes to each device, heap growth) from the steady state.
 	local p99w
-	p99w=$(awk -F, 'NR == 1 { t0 = $1 } $1 - t0 >= 5e9 { print $3 / 1e6 }' "$csv" | sort -n |
+	p99w=$(awk -F, -v t0="$t0ns" '$1 - t0 >= 5e9 { print $3 / 1e6 }' "$csv" | sort -n |
 		awk '{ a[NR] = $1 } END { if (NR) printf "%.2f", a[int(NR * 0.99)]; else print "-" }')
 	# How many requests took longer than the p99 target, and how many of
 	# those were sent in the first second: a whole-phase p99 under the
 	# target allows 1% of the requests over it.
 	local over over1
-	read -r over over1 < <(awk -F, -v t="$TARGET_P99_MS" 'NR == 1 { t0 = $1 } $3 > t * 1e6 { n++; if ($1 - t0 < 1e9) f++ } END { print n + 0, f + 0 }' "$csv")
+	read -r over over1 < <(awk -F, -v t="$TARGET_P99_MS" -v t0="$t0ns" '$3 > t * 1e6 { n++; if ($1 - t0 < 1e9) f++ } END { print n + 0, f + 0 }' "$csv")
 	cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * (b - a) / hz / (t1 - t0) }')
 	ltcpu=$(awk -v a="$lt0" -v b="$lt1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * (b - a) / (t1 - t0) }')
 	SUMMARY+=("$(printf '| %-4s | %6s/s | %6d | %7s | %s | %s | %s | %s | %s (%s in the 1st s) | %s | %s | %s%% | %s%% | %s |' \
@@ -340,7 +344,7 @@ run_phase() {
 	esac
 	# The p99 of each second shows a start-up spike apart from a steady tail.
 	local persec
-	persec=$(awk -F, 'NR == 1 { t0 = $1 } { print int(($1 - t0) / 1e9), $3 / 1e6 }' "$csv" | sort -k1,1n -k2,2n |
+	persec=$(awk -F, -v t0="$t0ns" '{ print int(($1 - t0) / 1e9), $3 / 1e6 }' "$csv" | sort -k1,1n -k2,2n |
 		awk '{ v[$1, ++n[$1]] = $2 } END { for (s = 0; s in n; s++) printf "%s%.0f", (s ? " " : ""), v[s, int(n[s] * 0.99) ? int(n[s] * 0.99) : 1] }')
 	log "phase $phase: p99 of each second (ms): $persec"
 	log "phase $phase: $n202 accepted ($rps/s), p50 $p50 ms p90 $p90 ms p99 $p99 ms (after 5 s: $p99w) max $pmax ms, over $TARGET_P99_MS ms: $over ($over1 sent in the first second), other: ${other:-none}, CPU: scanhook $cpu%, load tool $ltcpu% (of 200%)"
