@@ -175,9 +175,13 @@ SIM_URL=$(sed -n 's/^ *API base URL and authority host: *//p' "$WORK/sim.out")
 DEFENDER_SECTION=$(sed -n '/^defender:/,/^$/p' "$WORK/sim.out")
 curl -fsS --cacert "$WORK/sim-ca.pem" -H "Authorization: Bearer $(cat "$WORK/sim-admin-token")" \
 	"$SIM_URL/admin/machines" >"$WORK/machines.json"
+WARMUP_MACHINES=$WORK/machines.json
 case $WARMUP_DEVICES in
-same) cp "$WORK/machines.json" "$WORK/machines-warmup.json" ;;
-other) jq '.value |= reverse' "$WORK/machines.json" >"$WORK/machines-warmup.json" ;;
+same) ;;
+other)
+	WARMUP_MACHINES=$WORK/machines-warmup.json
+	jq '.value |= reverse' "$WORK/machines.json" >"$WARMUP_MACHINES"
+	;;
 *) die "WARMUP_DEVICES=$WARMUP_DEVICES: want same or other" ;;
 esac
 log "defender-sim at $SIM_URL with $(jq '.value | length' "$WORK/machines.json") machines"
@@ -259,7 +263,7 @@ RATE_RPS="" RATE_P99="" MAX_RPS=""
 run_phase() {
 	local phase=$1 rate workers duration=$DURATION machines=$WORK/machines.json
 	case $phase in
-	warmup) rate=$WARMUP_RATE duration=$WARMUP machines=$WORK/machines-warmup.json workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
+	warmup) rate=$WARMUP_RATE duration=$WARMUP machines=$WARMUP_MACHINES workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	rate) rate=$RATE workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	max) rate=0 workers=(-workers "$CONNECTIONS" -max-workers "$CONNECTIONS") ;;
 	*) die "unknown phase $phase (want rate or max)" ;;
