@@ -116,9 +116,10 @@ fi
 # --- work dir, processes, cleanup ----------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scanhook-load.XXXXXX")
 # vegeta's results (tens of MB a phase, never fsynced) go to memory when
-# /dev/shm is there: on the service's disk the kernel wrote them back about
-# 25 s into a phase, and the service's fsyncs waited behind that, a 100-150
-# ms spike that belongs to the load tool, not to scanhook.
+# /dev/shm is there: on the service's disk, in a phase longer than the
+# kernel's 30 s dirty expiry, they would be written back during the phase
+# and the service's fsyncs would wait behind them (the setup's own files
+# are synced before the service starts, below).
 RESULTS=$WORK
 if [[ -d /dev/shm && -w /dev/shm ]]; then RESULTS=$(mktemp -d /dev/shm/scanhook-load.XXXXXX); fi
 SIM_PID="" SCANHOOK_PID=""
