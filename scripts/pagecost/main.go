@@ -9,10 +9,14 @@
 //
 // It prints, per 4 KiB page: a write to a page never touched (a demand
 // fault), a second write to it, a system call for scale,
-// madvise(MADV_POPULATE_WRITE) of a fresh mapping, and the first write to a
-// page populated that way. On a VM whose hypervisor charges for each page a
-// guest process touches, the last one stays expensive although the kernel has
-// already mapped the page.
+// madvise(MADV_POPULATE_WRITE) of a fresh mapping, the first write to a
+// page populated that way, and the first write to two MADV_HUGEPAGE mappings
+// in turn. On a VM whose hypervisor charges for each page a guest process
+// touches, the populated page stays expensive although the kernel has
+// already mapped it; and the huge-page rows tell the cost of a fault (paid
+// once per 2 MiB there) from the cost of memory the guest has not used
+// before (the first mapping pays it, the second reuses what the first gave
+// back).
 package main
 
 import (
@@ -21,6 +25,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -29,6 +35,12 @@ import (
 // madvPopulateWrite is MADV_POPULATE_WRITE (Linux 5.14), which the syscall
 // package does not name.
 const madvPopulateWrite = 23
+
+// madvHugepage is MADV_HUGEPAGE: with transparent huge pages in "madvise"
+// mode, a fault in such a mapping maps a whole 2 MiB page at once.
+const madvHugepage = 14
+
+const hugePageSize = 2 << 20
 
 const pageSize = 4096
 
@@ -40,9 +52,15 @@ func main() {
 }
 
 // result is the cost per page of each step; populate and afterPopulate are
-// zero when the kernel lacks MADV_POPULATE_WRITE.
+// zero when the kernel lacks MADV_POPULATE_WRITE. huge and hugeAgain are
+// the first writes to two MADV_HUGEPAGE mappings, one after the other
+// (the second gets memory the kernel has just had back), per 4 KiB page;
+// hugeKiB is how much of the first the kernel backed with huge pages (0:
+// transparent huge pages are off, and the step measured 4 KiB faults).
 type result struct {
 	demandFault, secondTouch, syscall, populate, afterPopulate time.Duration
+	huge, hugeAgain                                            time.Duration
+	hugeKiB                                                    int
 }
 
 func run(args []string, out io.Writer) error {
@@ -59,17 +77,41 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if r.huge, r.hugeKiB, err = measureHuge(*mib << 20); err != nil {
+		return err
+	}
+	if r.hugeAgain, _, err = measureHuge(*mib << 20); err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "per 4 KiB page, %d MiB each step:\n", *mib)
 	fmt.Fprintf(out, "  first write (demand fault)          %v\n", r.demandFault)
 	fmt.Fprintf(out, "  second write                        %v\n", r.secondTouch)
 	fmt.Fprintf(out, "  a system call (getppid), for scale  %v\n", r.syscall)
 	if r.populate == 0 {
 		fmt.Fprintln(out, "  MADV_POPULATE_WRITE                 not supported by this kernel")
-		return nil
+	} else {
+		fmt.Fprintf(out, "  MADV_POPULATE_WRITE                 %v\n", r.populate)
+		fmt.Fprintf(out, "  first write after it                %v\n", r.afterPopulate)
 	}
-	fmt.Fprintf(out, "  MADV_POPULATE_WRITE                 %v\n", r.populate)
-	fmt.Fprintf(out, "  first write after it                %v\n", r.afterPopulate)
+	fmt.Fprintf(out, "  first write, MADV_HUGEPAGE mapping  %v (%d KiB in huge pages, transparent huge pages: %s)\n",
+		r.huge, r.hugeKiB, thpMode())
+	fmt.Fprintf(out, "  the same, a second mapping          %v\n", r.hugeAgain)
 	return nil
+}
+
+// thpMode is the kernel's transparent huge page setting, e.g. "madvise".
+func thpMode() string {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil {
+		return "unknown"
+	}
+	s := string(b)
+	if i := strings.IndexByte(s, '['); i >= 0 {
+		if j := strings.IndexByte(s[i:], ']'); j > 0 {
+			return s[i+1 : i+j]
+		}
+	}
+	return strings.TrimSpace(s)
 }
 
 func measure(n int) (result, error) {
@@ -106,6 +148,39 @@ func measure(n int) (result, error) {
 	r.populate = time.Since(t) / pages
 	r.afterPopulate = touch(b) / pages
 	return r, nil
+}
+
+// measureHuge writes every 4 KiB page of a 2 MiB-aligned MADV_HUGEPAGE
+// mapping of n bytes and returns the time per page and how many KiB of it
+// were backed by huge pages.
+func measureHuge(n int) (time.Duration, int, error) {
+	m, err := mmap(n + hugePageSize)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer syscall.Munmap(m)
+	off := (hugePageSize - int(uintptr(unsafe.Pointer(&m[0]))%hugePageSize)) % hugePageSize
+	b := m[off : off+n]
+	if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(unsafe.Pointer(&b[0])), uintptr(n), madvHugepage); errno != 0 {
+		return 0, 0, fmt.Errorf("madvise(MADV_HUGEPAGE): %w", errno)
+	}
+	d := touch(b) / time.Duration(n/pageSize)
+	return d, anonHugeKiB(), nil
+}
+
+// anonHugeKiB is the process's AnonHugePages (0 when unknown).
+func anonHugeKiB() int {
+	b, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "AnonHugePages:"); ok {
+			kib, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return kib
+		}
+	}
+	return 0
 }
 
 func mmap(n int) ([]byte, error) {
