@@ -55,8 +55,10 @@ func main() {
 // zero when the kernel lacks MADV_POPULATE_WRITE. huge and hugeAgain are
 // the first writes to two MADV_HUGEPAGE mappings, one after the other
 // (the second gets memory the kernel has just had back), per 4 KiB page;
-// hugeKiB is how much of the first the kernel backed with huge pages (0:
-// transparent huge pages are off, and the step measured 4 KiB faults).
+// hugeKiB is the process's AnonHugePages while the first is mapped, which
+// it is nearly all of (0: transparent huge pages are off, and the step
+// measured 4 KiB faults). huge is zero when the kernel has no transparent
+// huge pages at all.
 type result struct {
 	demandFault, secondTouch, syscall, populate, afterPopulate time.Duration
 	huge, hugeAgain                                            time.Duration
@@ -92,6 +94,10 @@ func run(args []string, out io.Writer) error {
 	} else {
 		fmt.Fprintf(out, "  MADV_POPULATE_WRITE                 %v\n", r.populate)
 		fmt.Fprintf(out, "  first write after it                %v\n", r.afterPopulate)
+	}
+	if r.huge == 0 {
+		fmt.Fprintln(out, "  MADV_HUGEPAGE                       not supported by this kernel")
+		return nil
 	}
 	fmt.Fprintf(out, "  first write, MADV_HUGEPAGE mapping  %v (%d KiB in huge pages, transparent huge pages: %s)\n",
 		r.huge, r.hugeKiB, thpMode())
@@ -151,8 +157,9 @@ func measure(n int) (result, error) {
 }
 
 // measureHuge writes every 4 KiB page of a 2 MiB-aligned MADV_HUGEPAGE
-// mapping of n bytes and returns the time per page and how many KiB of it
-// were backed by huge pages.
+// mapping of n bytes and returns the time per page and the process's
+// AnonHugePages meanwhile; a zero time when the kernel has no transparent
+// huge pages (madvise says EINVAL).
 func measureHuge(n int) (time.Duration, int, error) {
 	m, err := mmap(n + hugePageSize)
 	if err != nil {
@@ -161,7 +168,10 @@ func measureHuge(n int) (time.Duration, int, error) {
 	defer syscall.Munmap(m)
 	off := (hugePageSize - int(uintptr(unsafe.Pointer(&m[0]))%hugePageSize)) % hugePageSize
 	b := m[off : off+n]
-	if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(unsafe.Pointer(&b[0])), uintptr(n), madvHugepage); errno != 0 {
+	switch _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, uintptr(unsafe.Pointer(&b[0])), uintptr(n), madvHugepage); {
+	case errors.Is(errno, syscall.EINVAL):
+		return 0, 0, nil
+	case errno != 0:
 		return 0, 0, fmt.Errorf("madvise(MADV_HUGEPAGE): %w", errno)
 	}
 	d := touch(b) / time.Duration(n/pageSize)
