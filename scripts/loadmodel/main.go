@@ -139,7 +139,11 @@ func (m *model) handler() http.Handler {
 		case <-r.Context().Done():
 			return
 		}
-		<-done
+		select {
+		case <-done:
+		case <-r.Context().Done():
+			return // the server is closing and the stage has stopped
+		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
 		fmt.Fprintf(w, `{"receipt":"model-%d","duplicate":false,"decisions":[]}`, m.n.Add(1))
