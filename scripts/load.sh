@@ -14,6 +14,9 @@
 #   rate: a constant $RATE alerts/s for $DURATION: the latency a sender sees
 #         at the target load (p50/p90/p99/max);
 #   max:  $CONNECTIONS senders back to back for $DURATION: the capacity.
+# A phase at a set rate reads its request bodies from a file written (in
+# memory when /dev/shm has room) before it starts; the capacity phase
+# streams them from the generator.
 # With WARMUP set, a warm-up phase comes first: $WARMUP_RATE alerts/s for
 # $WARMUP, reported but not held to the targets. It tells the start of a
 # fresh process (every device new, caches and heap empty) from a service
@@ -250,6 +253,27 @@ for i in $(seq 150); do
 	sleep 0.1
 done
 
+# seconds DURATION: a vegeta duration ("30s", "2m", "1m30s") in whole seconds.
+seconds() {
+	local d=$1 t=0
+	while [[ $d =~ ^([0-9]+)([hms])(.*)$ ]]; do
+		case ${BASH_REMATCH[2]} in
+		h) t=$((t + BASH_REMATCH[1] * 3600)) ;;
+		m) t=$((t + BASH_REMATCH[1] * 60)) ;;
+		s) t=$((t + BASH_REMATCH[1])) ;;
+		esac
+		d=${BASH_REMATCH[3]}
+	done
+	[[ -z $d && $t -gt 0 ]] || die "duration $1: want whole seconds, minutes or hours (30s, 2m, 1m30s)"
+	echo "$t"
+}
+# targets_dir N: where N targets (about 5 KB each) go: $RESULTS when its file
+# system has room for them and 256 MB more, else the work dir.
+targets_dir() {
+	local need_kb=$(($1 * 5 + 262144)) avail_kb
+	avail_kb=$(df -Pk "$RESULTS" | awk 'NR == 2 { print $4 }')
+	if ((avail_kb > need_kb)); then echo "$RESULTS"; else echo "$WORK"; fi
+}
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
@@ -283,6 +307,27 @@ run_phase() {
 	local load cpu0 cpu1 t0 t1 lt0 lt1
 	load=$(cut -d' ' -f1-3 /proc/loadavg)
 	log "phase $phase: rate=$rate/s senders=$CONNECTIONS duration=$duration (load average $load)"
+	local gen=("$WORK/bin/loadgen" targets -url "$BASE/v1/webhooks/defender" -token-file "$WORK/webhook-token"
+		-machines "$machines" -sample testdata/samples/mde-alert.json -devices "$DEVICES" -run "load-$phase-$$")
+	local attack=(attack -lazy -format=json -rate="$rate" "${workers[@]}" -duration="$duration" -timeout=10s -max-body=4096 -keepalive=true)
+	local targets=""
+	if ((rate > 0)); then
+		# A phase at a set rate reads targets written before it starts.
+		# Streamed from the generator, they cost the phase's first second
+		# the generator's start and a pipe wake-up for every few targets,
+		# on the two cores the service has: requests over 50 ms sent in the
+		# first second of a 3 s phase (5 runs each, README) 984 streamed,
+		# 619 written ahead. The file is in memory when /dev/shm has room
+		# for it, else on disk and synced, like the setup's files.
+		local n secs
+		secs=$(seconds "$duration") || exit 1
+		n=$((rate * secs * 21 / 20 + 1000))
+		targets=$(targets_dir "$n")/$phase.targets
+		"${gen[@]}" -n "$n" >"$targets" || die "phase $phase: could not write $n targets"
+		if [[ $targets == "$WORK"/* ]]; then sync; fi
+		# Let the generator's exit and the writes settle first.
+		sleep 1
+	fi
 	cpu0=$(cpu_ticks "$SCANHOOK_PID")
 	children_cpu lt0
 	local prof_pid=""
@@ -305,13 +350,16 @@ run_phase() {
 		prof_pid=$!
 	fi
 	t0=$(date +%s.%N)
-	# The generator ends when vegeta stops reading (EPIPE); its status is
-	# not the phase's.
-	{ "$WORK/bin/loadgen" targets -url "$BASE/v1/webhooks/defender" -token-file "$WORK/webhook-token" \
-		-machines "$machines" -sample testdata/samples/mde-alert.json \
-		-devices "$DEVICES" -run "load-$phase-$$" || true; } |
-		GOMAXPROCS=$THREADS "$VEGETA" attack -lazy -format=json -rate="$rate" "${workers[@]}" \
-			-duration="$duration" -timeout=10s -max-body=4096 -keepalive=true >"$RESULTS/$phase.bin"
+	if [[ -n $targets ]]; then
+		GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" -targets="$targets" >"$RESULTS/$phase.bin"
+		rm -f "$targets"
+	else
+		# The capacity phase streams its targets: it measures throughput,
+		# not the first second, and how many it needs is not known. The
+		# generator ends when vegeta stops reading (EPIPE); its status is
+		# not the phase's.
+		{ "${gen[@]}" || true; } | GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" >"$RESULTS/$phase.bin"
+	fi
 	t1=$(date +%s.%N)
 	cpu1=$(cpu_ticks "$SCANHOOK_PID")
 	if [[ -n $prof_pid ]]; then wait "$prof_pid" || log "phase $phase: a profile failed"; fi
