@@ -124,7 +124,7 @@ type checkpointer struct {
 }
 
 func newCheckpointer(ctx context.Context, dsn string, cfg checkpointConfig, w *writer, log *slog.Logger) (*checkpointer, error) {
-	cdsn, err := sqliteDSN(dsn, roleCheckpointer, cfg)
+	cdsn, err := sqliteDSN(dsn, roleCheckpointer, sqliteTuning{ckpt: cfg})
 	if err != nil {
 		return nil, err
 	}

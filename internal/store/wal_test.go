@@ -105,7 +105,7 @@ func ingestWatchingWAL(t *testing.T, s Store, walPath string) (maxWAL int64, rec
 func TestSQLiteWALStaysBounded(t *testing.T) {
 	dsn := filepath.Join(t.TempDir(), "wal.db")
 	walPath := dsn + "-wal"
-	s, err := open(context.Background(), "sqlite", dsn, Deps{}, testCheckpointConfig())
+	s, err := open(context.Background(), "sqlite", dsn, Deps{}, sqliteTuning{ckpt: testCheckpointConfig(), cache: defaultCacheConfig()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 		t.Errorf("-wal file is %d bytes after Close, want 0", n)
 	}
 
-	s2, err := open(context.Background(), "sqlite", dsn, Deps{}, testCheckpointConfig())
+	s2, err := open(context.Background(), "sqlite", dsn, Deps{}, sqliteTuning{ckpt: testCheckpointConfig(), cache: defaultCacheConfig()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestSQLiteWALGrowsWithoutCheckpointer(t *testing.T) {
 	dsn := filepath.Join(t.TempDir(), "wal.db")
 	cfg := testCheckpointConfig()
 	cfg.off = true
-	s, err := open(context.Background(), "sqlite", dsn, Deps{}, cfg)
+	s, err := open(context.Background(), "sqlite", dsn, Deps{}, sqliteTuning{ckpt: cfg, cache: defaultCacheConfig()})
 	if err != nil {
 		t.Fatal(err)
 	}
