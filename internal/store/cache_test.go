@@ -11,20 +11,15 @@ import (
 func writerCacheKiB(t *testing.T, s *sqlStore) (cacheKiB, dbKiB int64) {
 	t.Helper()
 	err := s.write(context.Background(), func(ctx context.Context, tx q) error {
-		var size, pages, pageSize int64
-		if err := tx.row(ctx, "PRAGMA cache_size").Scan(&size); err != nil {
-			return err
-		}
-		if err := tx.row(ctx, "PRAGMA page_count").Scan(&pages); err != nil {
-			return err
-		}
-		if err := tx.row(ctx, "PRAGMA page_size").Scan(&pageSize); err != nil {
+		var size int64
+		if err := tx.row(ctx, "SELECT cache_size, page_count * page_size >> 10 FROM pragma_cache_size(), pragma_page_count(), pragma_page_size()").
+			Scan(&size, &dbKiB); err != nil {
 			return err
 		}
 		if size >= 0 {
 			return fmt.Errorf("cache_size %d: want a size in KiB (negative)", size)
 		}
-		cacheKiB, dbKiB = -size, pages*pageSize>>10
+		cacheKiB = -size
 		return nil
 	})
 	if err != nil {

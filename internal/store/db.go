@@ -769,16 +769,12 @@ func (w *writer) growCache(now time.Time) {
 	}
 	w.cacheAt = now
 	ctx := context.Background()
-	var pages, pageSize int64
-	if err := w.tx.row(ctx, "PRAGMA page_count").Scan(&pages); err != nil {
+	var dbKiB int64
+	if err := w.tx.row(ctx, "SELECT page_count * page_size >> 10 FROM pragma_page_count(), pragma_page_size()").Scan(&dbKiB); err != nil {
 		w.log.Warn("store: read the database size", "err", err)
 		return
 	}
-	if err := w.tx.row(ctx, "PRAGMA page_size").Scan(&pageSize); err != nil {
-		w.log.Warn("store: read the database size", "err", err)
-		return
-	}
-	want := int(min(pages*pageSize>>10/max(w.cache.ratio, 1), int64(w.cache.maxKiB)))
+	want := int(min(dbKiB/max(w.cache.ratio, 1), int64(w.cache.maxKiB)))
 	if want <= w.cacheKiB {
 		return
 	}
@@ -788,7 +784,7 @@ func (w *writer) growCache(now time.Time) {
 		w.log.Warn("store: grow the writer's page cache", "to_kib", next, "err", err)
 		return
 	}
-	w.log.Debug("store: writer's page cache grown", "kib", next, "database_kib", pages*pageSize>>10)
+	w.log.Debug("store: writer's page cache grown", "kib", next, "database_kib", dbKiB)
 	w.cacheKiB = next
 }
 
