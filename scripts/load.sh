@@ -105,6 +105,30 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[load %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
+# seconds DURATION: a vegeta duration ("30s", "2m", "1m30s", "1500ms") in
+# seconds, rounded up.
+seconds() {
+	local d=$1 ms=0
+	while [[ -n $d ]]; do
+		if [[ $d =~ ^([0-9]+)ms(.*)$ ]]; then
+			ms=$((ms + BASH_REMATCH[1]))
+		elif [[ $d =~ ^([0-9]+)h(.*)$ ]]; then
+			ms=$((ms + BASH_REMATCH[1] * 3600000))
+		elif [[ $d =~ ^([0-9]+)m(.*)$ ]]; then
+			ms=$((ms + BASH_REMATCH[1] * 60000))
+		elif [[ $d =~ ^([0-9]+)s(.*)$ ]]; then
+			ms=$((ms + BASH_REMATCH[1] * 1000))
+		else
+			break
+		fi
+		d=${BASH_REMATCH[2]}
+	done
+	[[ -z $d && $ms -gt 0 ]] || die "duration $1: want a length like 30s, 2m, 1m30s or 1500ms"
+	echo $(((ms + 999) / 1000))
+}
+# A bad length fails here, not after the build and the start-up.
+seconds "$DURATION" >/dev/null || exit 1
+if [[ -n $WARMUP ]]; then seconds "$WARMUP" >/dev/null || exit 1; fi
 
 # --- tools -------------------------------------------------------------------
 apt_install() {
@@ -253,20 +277,6 @@ for i in $(seq 150); do
 	sleep 0.1
 done
 
-# seconds DURATION: a vegeta duration ("30s", "2m", "1m30s") in whole seconds.
-seconds() {
-	local d=$1 t=0
-	while [[ $d =~ ^([0-9]+)([hms])(.*)$ ]]; do
-		case ${BASH_REMATCH[2]} in
-		h) t=$((t + BASH_REMATCH[1] * 3600)) ;;
-		m) t=$((t + BASH_REMATCH[1] * 60)) ;;
-		s) t=$((t + BASH_REMATCH[1])) ;;
-		esac
-		d=${BASH_REMATCH[3]}
-	done
-	[[ -z $d && $t -gt 0 ]] || die "duration $1: want whole seconds, minutes or hours (30s, 2m, 1m30s)"
-	echo "$t"
-}
 # targets_dir N: where N targets (about 5 KB each) go: $RESULTS when its file
 # system has room for them and 256 MB more, else the work dir.
 targets_dir() {
