@@ -127,8 +127,9 @@ seconds() {
 	echo $(((ms + 999) / 1000))
 }
 # A bad length fails here, not after the build and the start-up.
-seconds "$DURATION" >/dev/null || exit 1
-if [[ -n $WARMUP ]]; then seconds "$WARMUP" >/dev/null || exit 1; fi
+DURATION_S=$(seconds "$DURATION") || exit 1
+WARMUP_S=""
+if [[ -n $WARMUP ]]; then WARMUP_S=$(seconds "$WARMUP") || exit 1; fi
 
 # --- tools -------------------------------------------------------------------
 apt_install() {
@@ -307,9 +308,9 @@ TOTAL_202=0
 UNEXPECTED=0
 RATE_RPS="" RATE_P99="" MAX_RPS=""
 run_phase() {
-	local phase=$1 rate workers duration=$DURATION machines=$WORK/machines.json
+	local phase=$1 rate workers duration=$DURATION secs=$DURATION_S machines=$WORK/machines.json
 	case $phase in
-	warmup) rate=$WARMUP_RATE duration=$WARMUP machines=$WARMUP_MACHINES workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
+	warmup) rate=$WARMUP_RATE duration=$WARMUP secs=$WARMUP_S machines=$WARMUP_MACHINES workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	rate) rate=$RATE workers=(-workers "$CONNECTIONS" -max-workers 2000) ;;
 	max) rate=0 workers=(-workers "$CONNECTIONS" -max-workers "$CONNECTIONS") ;;
 	*) die "unknown phase $phase (want rate or max)" ;;
@@ -329,9 +330,7 @@ run_phase() {
 		# first second of a 3 s phase (5 runs each, README) 984 streamed,
 		# 619 written ahead. The file is in memory when /dev/shm has room
 		# for it, else on disk and synced, like the setup's files.
-		local n secs
-		secs=$(seconds "$duration") || exit 1
-		n=$((rate * secs * 21 / 20 + 1000))
+		local n=$((rate * secs * 21 / 20 + 1000))
 		targets=$(targets_dir "$n")/$phase.targets
 		"${gen[@]}" -n "$n" >"$targets" || die "phase $phase: could not write $n targets"
 		if [[ $targets == "$WORK"/* ]]; then sync; fi
