@@ -30,9 +30,9 @@
 # The load tool is vegeta (github.com/tsenart/vegeta, `go install`ed when
 # missing): it sends at a constant rate whatever the latency (open loop), so
 # its p99 at $RATE is not flattered by coordinated omission the way a
-# closed-loop tool's (wrk, hey) is, it reads a lazy stream of distinct
-# request bodies (wrk needs Lua for that, hey cannot), and its rate=0 mode
-# gives the closed-loop capacity figure from the same tool.
+# closed-loop tool's (wrk, hey) is, it sends distinct request bodies (wrk
+# needs Lua for that, hey cannot), and its rate=0 mode gives the
+# closed-loop capacity figure from the same tool.
 #
 # Environment (all optional):
 #   DURATION=30s      length of each phase
@@ -315,12 +315,12 @@ run_phase() {
 	max) rate=0 workers=(-workers "$CONNECTIONS" -max-workers "$CONNECTIONS") ;;
 	*) die "unknown phase $phase (want rate or max)" ;;
 	esac
-	local load cpu0 cpu1 t0 t1 lt0 lt1
+	local load cpu0 cpu1 lt0 lt1
 	load=$(cut -d' ' -f1-3 /proc/loadavg)
 	log "phase $phase: rate=$rate/s senders=$CONNECTIONS duration=$duration (load average $load)"
 	local gen=("$WORK/bin/loadgen" targets -url "$BASE/v1/webhooks/defender" -token-file "$WORK/webhook-token"
 		-machines "$machines" -sample testdata/samples/mde-alert.json -devices "$DEVICES" -run "load-$phase-$$")
-	local attack=(attack -lazy -format=json -rate="$rate" "${workers[@]}" -duration="$duration" -timeout=10s -max-body=4096 -keepalive=true)
+	local attack=(attack -format=json -rate="$rate" "${workers[@]}" -duration="$duration" -timeout=10s -max-body=4096 -keepalive=true)
 	local targets=""
 	if ((rate > 0)); then
 		# A phase at a set rate reads targets written before it starts.
@@ -334,8 +334,22 @@ run_phase() {
 		targets=$(targets_dir "$n")/$phase.targets
 		"${gen[@]}" -n "$n" >"$targets" || die "phase $phase: could not write $n targets"
 		if [[ $targets == "$WORK"/* ]]; then sync; fi
+		# vegeta decodes them all before its first request, not one by one
+		# as it sends (-lazy): decoding a target (JSON, the body in base64)
+		# is a good part of the load tool's CPU, and the phase's first
+		# second, when the service is coldest, is where the two cores run
+		# out. Requests over 50 ms in 3 s phases of one binary (10
+		# alternating runs each, README): mean 705 decoded lazily, 385
+		# decoded before. It holds them all in memory (about 12 KB each at
+		# its peak), so a phase too large for that still decodes lazily.
+		if ((n * 12 > $(awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo) / 2)); then
+			attack+=(-lazy)
+			log "phase $phase: $n targets are too many to hold in memory; vegeta decodes them as it sends"
+		fi
 		# Let the generator's exit and the writes settle first.
 		sleep 1
+	else
+		attack+=(-lazy)
 	fi
 	cpu0=$(cpu_ticks "$SCANHOOK_PID")
 	children_cpu lt0
@@ -358,7 +372,6 @@ run_phase() {
 		) &
 		prof_pid=$!
 	fi
-	t0=$(date +%s.%N)
 	if [[ -n $targets ]]; then
 		GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" -targets="$targets" >"$RESULTS/$phase.bin"
 		rm -f "$targets"
@@ -369,7 +382,6 @@ run_phase() {
 		# not the phase's.
 		{ "${gen[@]}" || true; } | GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" >"$RESULTS/$phase.bin"
 	fi
-	t1=$(date +%s.%N)
 	cpu1=$(cpu_ticks "$SCANHOOK_PID")
 	if [[ -n $prof_pid ]]; then wait "$prof_pid" || log "phase $phase: a profile failed"; fi
 	children_cpu lt1
@@ -411,8 +423,14 @@ run_phase() {
 	# target allows 1% of the requests over it.
 	local over over1
 	read -r over over1 < <(awk -F, -v t="$TARGET_P99_MS" -v t0="$t0ns" '$3 > t * 1e6 { n++; if ($1 - t0 < 1e9) f++ } END { print n + 0, f + 0 }' "$csv")
-	cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * (b - a) / hz / (t1 - t0) }')
-	ltcpu=$(awk -v a="$lt0" -v b="$lt1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.0f", 100 * (b - a) / (t1 - t0) }')
+	# CPU per second of the attack itself (first request to last answer),
+	# not of the whole command: vegeta decodes a rate phase's targets before
+	# it starts, while the service idles. The load tool's share includes
+	# that decoding.
+	local asecs
+	asecs=$(jq -r '(.duration + .wait) / 1e9' "$r")
+	cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v s="$asecs" 'BEGIN { printf "%.0f", 100 * (b - a) / hz / s }')
+	ltcpu=$(awk -v a="$lt0" -v b="$lt1" -v s="$asecs" 'BEGIN { printf "%.0f", 100 * (b - a) / s }')
 	SUMMARY+=("$(printf '| %-4s | %6s/s | %6d | %7s | %s | %s | %s | %s | %s (%s in the 1st s) | %s | %s | %s%% | %s%% | %s |' \
 		"$phase" "$rate" "$n202" "$rps" "$p50" "$p90" "$p99" "$p99w" "$over" "$over1" "$pmax" "${other:-none}" "$cpu" "$ltcpu" "$load")")
 	case $phase in
