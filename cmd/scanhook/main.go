@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/scanhook/scanhook/internal/cli"
+	"github.com/scanhook/scanhook/internal/timerslack"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -16,13 +17,17 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Run(ctx, os.Args[1:], cli.Env{
+	env := cli.Env{
 		Stdin:   os.Stdin,
 		Stdout:  os.Stdout,
 		Stderr:  os.Stderr,
 		Getenv:  os.Getenv,
 		Version: version,
-	})
+	}
+	if timerslack.Supported {
+		env.RaiseTimerSlack = timerslack.Raise
+	}
+	code := cli.Run(ctx, os.Args[1:], env)
 	stop()
 	os.Exit(code)
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 )
 
 // Exit codes shared by every subcommand. Scripts rely on them.
@@ -28,6 +29,12 @@ type Env struct {
 	Version string
 	// ReadFile defaults to os.ReadFile.
 	ReadFile func(string) ([]byte, error)
+	// RaiseTimerSlack raises the process's timer slack to at least its
+	// argument and returns the slack in effect. It may execute the program
+	// again (internal/timerslack), so serve calls it before doing anything
+	// else. nil: the system has no timer slack, or a test runs the service
+	// in its own process.
+	RaiseTimerSlack func(time.Duration) (time.Duration, error)
 }
 
 func (e Env) readFile(name string) ([]byte, error) {

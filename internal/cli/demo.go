@@ -39,7 +39,7 @@ func demoMachines() []defendersim.Machine {
 // runDemo lays out a complete, ordinary configuration in a temporary
 // folder (so a user can read it and copy from it), starts the simulator,
 // and runs the same service code as `serve --config`.
-func runDemo(ctx context.Context, env Env, listen string) error {
+func runDemo(ctx context.Context, env Env, listen string, slack timerSlack) error {
 	dir, err := os.MkdirTemp("", "scanhook-demo-")
 	if err != nil {
 		return fmt.Errorf("demo folder: %w", err)
@@ -121,8 +121,9 @@ log:
 	transport.TLSClientConfig = &tls.Config{RootCAs: sim.CertPool(), MinVersion: tls.VersionTLS12}
 
 	return runService(ctx, cfg, env, serviceHooks{
-		Transport: transport,
-		Listening: func(addr net.Addr) { printDemoBanner(env, dir, addr.String(), token, sim.URL()) },
+		Transport:  transport,
+		Listening:  func(addr net.Addr) { printDemoBanner(env, dir, addr.String(), token, sim.URL()) },
+		TimerSlack: slack,
 	})
 }
 

@@ -57,7 +57,7 @@ func serve(ctx context.Context, args []string, env Env) error {
 		if explicit {
 			return usagef("serve: --demo brings its own config; drop --config")
 		}
-		return runDemo(ctx, env, *listen)
+		return runDemo(ctx, env, *listen, raiseTimerSlack(env, config.Defaults().Server.TimerSlack))
 	}
 	if *configFile == "" {
 		return usagef("serve: --config is required (or try --demo)")
@@ -69,7 +69,24 @@ func serve(ctx context.Context, args []string, env Env) error {
 	if *listen != "" {
 		cfg.Listen = *listen
 	}
-	return runService(ctx, cfg, env, serviceHooks{})
+	return runService(ctx, cfg, env, serviceHooks{TimerSlack: raiseTimerSlack(env, cfg.Server.TimerSlack)})
+}
+
+// timerSlack is what serve did about server.timer_slack, for the log.
+type timerSlack struct {
+	now time.Duration // in effect; 0 when not known
+	err error
+}
+
+// raiseTimerSlack applies server.timer_slack. It runs before the service
+// opens anything, since raising the slack executes the program again. A
+// failure only costs CPU under load, so it is logged, not fatal.
+func raiseTimerSlack(env Env, want time.Duration) timerSlack {
+	if want <= 0 || env.RaiseTimerSlack == nil {
+		return timerSlack{}
+	}
+	now, err := env.RaiseTimerSlack(want)
+	return timerSlack{now: now, err: err}
 }
 
 // serviceHooks let the demo plug into the service without a second code path.
@@ -82,6 +99,8 @@ type serviceHooks struct {
 	Limiter defender.Limiter
 	// Listening is called once the listener is bound.
 	Listening func(addr net.Addr)
+	// TimerSlack is what serve did about server.timer_slack.
+	TimerSlack timerSlack
 }
 
 // runService wires the service from cfg and runs it until ctx ends. Order
@@ -199,8 +218,16 @@ func runService(ctx context.Context, cfg *config.Config, env Env, hooks serviceH
 	go func() { dispDone <- disp.Run(bg) }()
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
-	logger.Info("scanhook serving", "addr", ln.Addr().String(), "store", cfg.Store.Driver,
-		"rules", cfg.Rules, "sources", strings.Join(sortedKeys(sources), ","), "dry_run", cfg.Defender.DryRun)
+	if err := hooks.TimerSlack.err; err != nil {
+		logger.Warn("timer slack not raised; the Go runtime spends more CPU under load (README, server.timer_slack)",
+			"want", cfg.Server.TimerSlack.String(), "error", err)
+	}
+	serving := []any{"addr", ln.Addr().String(), "store", cfg.Store.Driver,
+		"rules", cfg.Rules, "sources", strings.Join(sortedKeys(sources), ","), "dry_run", cfg.Defender.DryRun}
+	if d := hooks.TimerSlack.now; d > 0 {
+		serving = append(serving, "timer_slack", d.String())
+	}
+	logger.Info("scanhook serving", serving...)
 
 	var serveErr error
 	select {

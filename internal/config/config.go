@@ -77,7 +77,14 @@ type Server struct {
 	// MaxInFlight bounds webhook deliveries handled at once (429 beyond),
 	// which bounds memory when senders outrun the store.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// TimerSlack is the Linux timer slack `serve` runs with (see
+	// internal/timerslack); 0 keeps the system's.
+	TimerSlack time.Duration `yaml:"timer_slack"`
 }
+
+// MaxTimerSlack bounds server.timer_slack: a timer may fire that much late,
+// and the group commits are 4 ms apart.
+const MaxTimerSlack = 10 * time.Millisecond
 
 // Dispatch tunes how jobs reach Defender.
 type Dispatch struct {
@@ -123,6 +130,7 @@ func Defaults() Config {
 			IngestPerSecond: 5000,
 			IngestBurst:     5000,
 			MaxInFlight:     256,
+			TimerSlack:      2 * time.Millisecond,
 		},
 		Dispatch: Dispatch{
 			Workers:     4,
@@ -276,6 +284,9 @@ func (v *validator) check(c *Config) {
 	}
 	if c.Server.MaxInFlight < 1 {
 		v.errorf([]string{"server", "max_in_flight"}, "server.max_in_flight: must be at least 1")
+	}
+	if c.Server.TimerSlack < 0 || c.Server.TimerSlack > MaxTimerSlack {
+		v.errorf([]string{"server", "timer_slack"}, "server.timer_slack: must be between 0 (the system's) and %v", MaxTimerSlack)
 	}
 	if c.Server.IngestPerSecond < 0 || c.Server.IngestBurst < 0 {
 		v.errorf([]string{"server"}, "server: ingest_per_second and ingest_burst must not be negative")

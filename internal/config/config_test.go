@@ -34,6 +34,7 @@ sources:
     insecure_no_auth: true
 server:
   max_body_bytes: 2048
+  timer_slack: 500us
 dispatch:
   max_age: 2d
 `
@@ -61,6 +62,7 @@ func TestParseValid(t *testing.T) {
 		{"day durations", cfg.Dispatch.MaxAge, 48 * time.Hour},
 		{"defaults kept", cfg.Dispatch.Workers, 4},
 		{"read header timeout default", cfg.Server.ReadHeaderTimeout, 5 * time.Second},
+		{"timer slack", cfg.Server.TimerSlack, 500 * time.Microsecond},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -158,6 +160,16 @@ func TestParseErrors(t *testing.T) {
 			name: "yaml syntax",
 			in:   "listen: [\n",
 			want: []string{`c.yaml:`},
+		},
+		{
+			name: "timer slack beyond its bound",
+			in:   "server:\n  timer_slack: 50ms\n",
+			want: []string{`c.yaml:2:16: server.timer_slack: must be between 0 (the system's) and 10ms`},
+		},
+		{
+			name: "negative timer slack",
+			in:   "server:\n  timer_slack: -1ms\n",
+			want: []string{`c.yaml:2:16: server.timer_slack: must be between`},
 		},
 		{
 			name: "bad cloud",
