@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/scanhook/scanhook/internal/cli"
+	"github.com/scanhook/scanhook/internal/timerslack"
 )
 
 func main() {
@@ -29,10 +30,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "profserve:", err)
 		os.Exit(1)
 	}
-	code := cli.Run(ctx, os.Args[1:], cli.Env{
+	env := cli.Env{
 		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		Getenv: os.Getenv, Version: "profserve",
-	})
+	}
+	// As cmd/scanhook: serve executes the program again with its timer
+	// slack (the profiler's listener closes with it and opens again).
+	if timerslack.Supported {
+		env.RaiseTimerSlack = timerslack.Raise
+	}
+	code := cli.Run(ctx, os.Args[1:], env)
 	stop()
 	os.Exit(code)
 }
