@@ -76,8 +76,10 @@
 #   PROFILE=1         run scanhook as scripts/profserve (the same code with
 #                     net/http/pprof on loopback) and save CPU, block, mutex
 #                     and goroutine profiles of each phase (kept in the temp
-#                     dir; PROFILE_SECONDS=15 long, from PROFILE_DELAY=3 s into the phase,
-#                     then a 3 s execution trace: keep DURATION >= 25s)
+#                     dir; PROFILE_SECONDS=15 long, from PROFILE_DELAY=3 s after
+#                     vegeta starts, which in a rate phase first spends a
+#                     second or two decoding its targets; then a 3 s
+#                     execution trace: keep DURATION >= 25s)
 # Exit status: 0 done (targets are reported, PASS or MISS), 1 a correctness
 # failure (a status other than 202, or the DB disagrees with the 202 count),
 # 2 a missed target under STRICT=1.
