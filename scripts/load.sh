@@ -64,22 +64,6 @@
 #   SQLITE_PRAGMAS    extra SQLite pragmas for experiments, e.g.
 #                     "wal_autocheckpoint(0)" or "synchronous(NORMAL)" (comma
 #                     separated; appended to store.dsn as _pragma=...)
-#   MODEL=1           run scripts/loadmodel in scanhook's place: a server
-#                     with scanhook's shape (CPU per request, one serial
-#                     stage taking requests in groups, a sleep per group
-#                     for the fsync) and none of its code; tune it with
-#                     SCANHOOK_ENV="MODEL_SERIAL=350us ..." (see its doc).
-#                     It stores nothing, so there is no durability check.
-#                     What its figures show is the harness and this
-#                     machine, not scanhook (README, "What the first
-#                     second costs").
-#   PROFILE=1         run scanhook as scripts/profserve (the same code with
-#                     net/http/pprof on loopback) and save CPU, block, mutex
-#                     and goroutine profiles of each phase (kept in the temp
-#                     dir; PROFILE_SECONDS=15 long, from PROFILE_DELAY=3 s after
-#                     vegeta starts, which in a rate phase first spends a
-#                     second or two decoding its targets; then a 3 s
-#                     execution trace: keep DURATION >= 25s)
 # Exit status: 0 done (targets are reported, PASS or MISS), 1 a correctness
 # failure (a status other than 202, or the DB disagrees with the 202 count),
 # 2 a missed target under STRICT=1.
@@ -96,7 +80,7 @@ WARMUP=${WARMUP:-}
 WARMUP_RATE=${WARMUP_RATE:-200}
 WARMUP_DEVICES=${WARMUP_DEVICES:-same}
 VEGETA_MODULE=github.com/tsenart/vegeta/v12@v12.13.0
-# The targets of issue 4.
+# The performance targets (docs/performance.md).
 TARGET_RPS=2000
 TARGET_P99_MS=50
 TARGET_PEAK_MB=150
@@ -185,13 +169,8 @@ trap 'exit 130' INT TERM
 
 log "building into $WORK/bin"
 mkdir -p "$WORK/bin"
-if [[ ${MODEL:-} == 1 ]]; then
-	go build -o "$WORK/bin/scanhook" ./scripts/loadmodel
-elif [[ -n ${SCANHOOK_BIN:-} ]]; then
+if [[ -n ${SCANHOOK_BIN:-} ]]; then
 	cp "$SCANHOOK_BIN" "$WORK/bin/scanhook"
-elif [[ ${PROFILE:-} == 1 ]]; then
-	KEEP=1
-	go build -o "$WORK/bin/scanhook" ./scripts/profserve
 else
 	go build -o "$WORK/bin/scanhook" ./cmd/scanhook
 fi
@@ -258,11 +237,6 @@ EOF
 if [[ -n ${INGEST_PER_SECOND:-} ]]; then
 	printf 'server:\n  ingest_per_second: %s\n  ingest_burst: %s\n' "$INGEST_PER_SECOND" "$INGEST_PER_SECOND" >>"$WORK/scanhook.yaml"
 fi
-PPROF=""
-if [[ ${PROFILE:-} == 1 ]]; then
-	PPROF="127.0.0.1:$("$WORK/bin/loadgen" port)"
-	mkdir -p "$WORK/prof"
-fi
 # Everything the setup wrote (the binaries just built, about 60 MB with the
 # build cache's new entries, a START_DB copy, the configs) goes to disk now:
 # left to the kernel, it was written back 30 s after the build, in the middle
@@ -270,7 +244,7 @@ fi
 # seconds (p99s of single seconds of 57-115 ms about 25 s into the phase).
 sync
 # shellcheck disable=SC2086 # SCANHOOK_ENV is a list of NAME=VALUE words
-env ${SCANHOOK_ENV:-} PPROF_ADDR="$PPROF" SSL_CERT_FILE="$WORK/sim-ca.pem" "$WORK/bin/scanhook" serve --config "$WORK/scanhook.yaml" \
+env ${SCANHOOK_ENV:-} SSL_CERT_FILE="$WORK/sim-ca.pem" "$WORK/bin/scanhook" serve --config "$WORK/scanhook.yaml" \
 	>"$WORK/scanhook.out" 2>"$WORK/scanhook.err" &
 SCANHOOK_PID=$!
 for i in $(seq 150); do
@@ -355,25 +329,6 @@ run_phase() {
 	fi
 	cpu0=$(cpu_ticks "$SCANHOOK_PID")
 	children_cpu lt0
-	local prof_pid=""
-	if [[ -n $PPROF ]]; then
-		local secs=${PROFILE_SECONDS:-15} p=$WORK/prof/$phase
-		(
-			sleep "${PROFILE_DELAY:-3}"
-			curl -fsS -o "$p.block.pb.gz" "http://$PPROF/debug/pprof/block?seconds=$secs" &
-			curl -fsS -o "$p.mutex.pb.gz" "http://$PPROF/debug/pprof/mutex?seconds=$secs" &
-			curl -fsS -o "$p.cpu.pb.gz" "http://$PPROF/debug/pprof/profile?seconds=$secs" &
-			sleep $((secs / 2))
-			curl -fsS -o "$p.goroutine.txt" "http://$PPROF/debug/pprof/goroutine?debug=1"
-			curl -fsS -o "$p.heap.pb.gz" "http://$PPROF/debug/pprof/heap"
-			wait
-			# An execution trace after the profiles (it slows the process):
-			# go tool trace -pprof=syscall|sched shows time blocked in
-			# fsync/pwrite and time waiting for a CPU.
-			curl -fsS -o "$p.trace" "http://$PPROF/debug/pprof/trace?seconds=3"
-		) &
-		prof_pid=$!
-	fi
 	if [[ -n $targets ]]; then
 		GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" -targets="$targets" >"$RESULTS/$phase.bin"
 		rm -f "$targets"
@@ -385,7 +340,6 @@ run_phase() {
 		{ "${gen[@]}" || true; } | GOMAXPROCS=$THREADS "$VEGETA" "${attack[@]}" >"$RESULTS/$phase.bin"
 	fi
 	cpu1=$(cpu_ticks "$SCANHOOK_PID")
-	if [[ -n $prof_pid ]]; then wait "$prof_pid" || log "phase $phase: a profile failed"; fi
 	children_cpu lt1
 	"$VEGETA" report -type=json "$RESULTS/$phase.bin" >"$WORK/$phase.json"
 	"$VEGETA" report -type='hist[0,5ms,10ms,25ms,50ms,100ms,250ms]' "$RESULTS/$phase.bin" >"$WORK/$phase.hist"
@@ -454,9 +408,7 @@ kill -0 "$SCANHOOK_PID" 2>/dev/null || die "scanhook died under load: $(tail -5 
 PEAK_KB=$(status_kb "$SCANHOOK_PID" VmHWM)
 # The service's own counters (jobs by outcome, Defender calls, queue), kept
 # with KEEP=1 for a look at what the dispatcher did during the load.
-if [[ ${MODEL:-} != 1 ]]; then
-	curl -fsS -o "$WORK/metrics.txt" "$BASE/metrics" || log "could not read /metrics"
-fi
+curl -fsS -o "$WORK/metrics.txt" "$BASE/metrics" || log "could not read /metrics"
 AFTER_KB=$(status_kb "$SCANHOOK_PID" VmRSS)
 
 # --- durability -----------------------------------------------------------------
@@ -471,7 +423,7 @@ DUP_ACKS=$(cat "$WORK"/*.acked | awk '$2 != "false"' | wc -l)
 ACKED=$(wc -l <"$WORK/acked.txt")
 ((ACKED == TOTAL_202)) || die "read $ACKED receipts from $TOTAL_202 202 responses"
 STORED=- LOST=0 LATE=- DECISIONS=- JOBS=- DB_MB=-
-if [[ ${MODEL:-} != 1 ]]; then
+{
 	STORED=$(sqlite3 "$DB" "SELECT count(*) FROM alerts WHERE source = 'defender' AND alert_id LIKE 'load-%';")
 	# Every acknowledged receipt must be in the file. The file may hold
 	# more: deliveries committed after their sender gave up waiting (a
@@ -483,7 +435,7 @@ if [[ ${MODEL:-} != 1 ]]; then
 	DECISIONS=$(sqlite3 -separator ' ' "$DB" "SELECT status, count(*) FROM decisions GROUP BY status ORDER BY status;" | paste -sd ',' | sed 's/,/, /g')
 	JOBS=$(sqlite3 "$DB" "SELECT count(*) FROM jobs;")
 	DB_MB=$(du -sm "$WORK"/scanhook.db* | awk '{ s += $1 } END { print s }')
-fi
+}
 LOG_LINES=$(wc -l <"$WORK/scanhook.err")
 
 verdict() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo MISS; fi; }
@@ -493,27 +445,23 @@ check() { local v; v=$(verdict "$2"); [[ $v == PASS ]] || MISSED=1; printf '  %-
 echo
 echo "### scanhook load test ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(go env GOVERSION), vegeta ${VEGETA_MODULE#*@})"
 echo
-echo "${MODEL:+MODEL=$MODEL }${WARMUP:+WARMUP=$WARMUP WARMUP_RATE=$WARMUP_RATE WARMUP_DEVICES=$WARMUP_DEVICES }DURATION=$DURATION RATE=$RATE CONNECTIONS=$CONNECTIONS THREADS=$THREADS DEVICES=$DEVICES INVENTORY=$INVENTORY${SCANHOOK_ENV:+ SCANHOOK_ENV=\"$SCANHOOK_ENV\"}${SQLITE_PRAGMAS:+ SQLITE_PRAGMAS=\"$SQLITE_PRAGMAS\"}${INGEST_PER_SECOND:+ INGEST_PER_SECOND=$INGEST_PER_SECOND} scripts/load.sh"
+echo "${WARMUP:+WARMUP=$WARMUP WARMUP_RATE=$WARMUP_RATE WARMUP_DEVICES=$WARMUP_DEVICES }DURATION=$DURATION RATE=$RATE CONNECTIONS=$CONNECTIONS THREADS=$THREADS DEVICES=$DEVICES INVENTORY=$INVENTORY${SCANHOOK_ENV:+ SCANHOOK_ENV=\"$SCANHOOK_ENV\"}${SQLITE_PRAGMAS:+ SQLITE_PRAGMAS=\"$SQLITE_PRAGMAS\"}${INGEST_PER_SECOND:+ INGEST_PER_SECOND=$INGEST_PER_SECOND} scripts/load.sh"
 echo
 echo "| phase | offered | 202s | 202/s | p50 ms | p90 ms | p99 ms | p99 after 5 s | over $TARGET_P99_MS ms | max ms | other statuses | scanhook CPU | load tool CPU | load avg before |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${SUMMARY[@]}"
 echo
 echo "- memory (RSS): idle $(mb "$IDLE_KB") MB, peak (VmHWM) $(mb "$PEAK_KB") MB, after load $(mb "$AFTER_KB") MB"
-if [[ ${MODEL:-} == 1 ]]; then
-	echo "- a model run (scripts/loadmodel, $(grep -o 'parallel.*' "$WORK/scanhook.err" | head -1)): nothing is stored, so nothing is checked for durability"
-else
+{
 	echo "- durability: $TOTAL_202 alerts acknowledged with 202 (duplicate: $DUP_ACKS), $STORED in the SQLite file after SIGKILL; acknowledged but missing: $LOST; stored but not acknowledged (sender timed out): $LATE"
 	echo "- decisions: $DECISIONS; scan jobs: $JOBS; database + WAL: ${DB_MB} MB; log lines (level ${LOG_LEVEL:-warn}): $LOG_LINES"
-fi
-if ((LOG_LINES > 0)) && [[ ${MODEL:-} != 1 && ${LOG_LEVEL:-warn} != info && ${LOG_LEVEL:-warn} != debug ]]; then
+}
+if ((LOG_LINES > 0)) && [[ ${LOG_LEVEL:-warn} != info && ${LOG_LEVEL:-warn} != debug ]]; then
 	echo "- most frequent log lines: $(jq -r '"\(.level) \(.msg) \(.status // "")"' "$WORK/scanhook.err" 2>/dev/null | sort | uniq -c | sort -rn | head -3 | awk '{ $1 = $1 "x"; print }' | paste -sd ';' | sed 's/;/; /g')"
 fi
 echo
-if [[ ${MODEL:-} == 1 ]]; then
-	echo "targets (issue 4): not checked, this was the stand-in, not scanhook"
-else
-	echo "targets (issue 4):"
+{
+	echo "targets:"
 	if [[ -n $RATE_RPS ]]; then
 		check ">= $TARGET_RPS accepted/s at RATE=$RATE" "$RATE_RPS >= $TARGET_RPS * 0.98"
 		check "p99 < $TARGET_P99_MS ms at RATE=$RATE" "$RATE_P99 < $TARGET_P99_MS"
@@ -524,7 +472,7 @@ else
 	check "peak RSS < $TARGET_PEAK_MB MB" "$PEAK_KB < $TARGET_PEAK_MB * 1024"
 	check "idle RSS < $TARGET_IDLE_MB MB" "$IDLE_KB < $TARGET_IDLE_MB * 1024"
 	check "every 202 durable" "$LOST == 0 && $DUP_ACKS == 0"
-fi
+}
 
 if ((UNEXPECTED > 0)); then die "$UNEXPECTED responses were neither 202 nor 429"; fi
 if ((LOST > 0)); then die "$LOST acknowledged deliveries are not in the database"; fi

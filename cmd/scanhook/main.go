@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/scanhook/scanhook/internal/cli"
-	"github.com/scanhook/scanhook/internal/timerslack"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,9 +22,6 @@ func main() {
 		Stderr:  os.Stderr,
 		Getenv:  os.Getenv,
 		Version: version,
-	}
-	if timerslack.Supported {
-		env.RaiseTimerSlack = timerslack.Raise
 	}
 	code := cli.Run(ctx, os.Args[1:], env)
 	stop()

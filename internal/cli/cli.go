@@ -1,5 +1,5 @@
 // Package cli owns scanhook's command line: parsing arguments, running the
-// subcommands of DESIGN.md and choosing exit codes. It receives the process
+// subcommands and choosing exit codes (scripts rely on both). It receives the process
 // environment explicitly (Env) so every command can be tested in-process.
 package cli
 
@@ -10,7 +10,8 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
+
+	"github.com/scanhook/scanhook/internal/app"
 )
 
 // Exit codes shared by every subcommand. Scripts rely on them.
@@ -29,12 +30,11 @@ type Env struct {
 	Version string
 	// ReadFile defaults to os.ReadFile.
 	ReadFile func(string) ([]byte, error)
-	// RaiseTimerSlack raises the process's timer slack to at least its
-	// argument and returns the slack in effect. It may execute the program
-	// again (internal/timerslack), so serve calls it before doing anything
-	// else. nil: the system has no timer slack, or a test runs the service
-	// in its own process.
-	RaiseTimerSlack func(time.Duration) (time.Duration, error)
+}
+
+// app is the service's view of the environment.
+func (e Env) app() app.Env {
+	return app.Env{Stdout: e.Stdout, Stderr: e.Stderr, Getenv: e.Getenv, ReadFile: e.ReadFile}
 }
 
 func (e Env) readFile(name string) ([]byte, error) {

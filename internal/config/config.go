@@ -33,6 +33,9 @@ type Config struct {
 
 	// File is the path the configuration was read from ("" when built in code).
 	File string `yaml:"-"`
+	// Warnings are FILE:LINE:COL notes about keys that load but should
+	// change (deprecated ones); the service logs them at start.
+	Warnings []string `yaml:"-"`
 }
 
 // Store selects the database.
@@ -77,14 +80,10 @@ type Server struct {
 	// MaxInFlight bounds webhook deliveries handled at once (429 beyond),
 	// which bounds memory when senders outrun the store.
 	MaxInFlight int `yaml:"max_in_flight"`
-	// TimerSlack is the Linux timer slack `serve` runs with (see
-	// internal/timerslack); 0 keeps the system's.
+	// TimerSlack is deprecated and ignored: it is still accepted so that
+	// existing files load, and a value in it is warned about at start.
 	TimerSlack time.Duration `yaml:"timer_slack"`
 }
-
-// MaxTimerSlack bounds server.timer_slack: a timer may fire that much late,
-// and the group commits are 4 ms apart.
-const MaxTimerSlack = 10 * time.Millisecond
 
 // Dispatch tunes how jobs reach Defender.
 type Dispatch struct {
@@ -130,7 +129,6 @@ func Defaults() Config {
 			IngestPerSecond: 5000,
 			IngestBurst:     5000,
 			MaxInFlight:     256,
-			TimerSlack:      2 * time.Millisecond,
 		},
 		Dispatch: Dispatch{
 			Workers:     4,
@@ -182,6 +180,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	if err := v.errs.Err(); err != nil {
 		return nil, err
 	}
+	cfg.Warnings = v.warns
 	cfg.resolvePaths(filepath.Dir(path))
 	return &cfg, nil
 }
@@ -208,15 +207,21 @@ func (c *Config) resolvePaths(dir string) {
 }
 
 type validator struct {
-	file string
-	root *yaml.Node
-	errs yamlpos.ErrorList
+	file  string
+	root  *yaml.Node
+	errs  yamlpos.ErrorList
+	warns []string
 }
 
 // errorf reports a problem at the node for path (a key path from the root);
 // it falls back to the nearest existing parent, then to the file's start.
 func (v *validator) errorf(path []string, format string, a ...any) {
 	v.errs = append(v.errs, yamlpos.At(v.file, nodeAt(v.root, path), format, a...))
+}
+
+// warnf records something that loads but deserves the operator's attention.
+func (v *validator) warnf(path []string, format string, a ...any) {
+	v.warns = append(v.warns, yamlpos.At(v.file, keyNodeAt(v.root, path), format, a...).Error())
 }
 
 func (v *validator) check(c *Config) {
@@ -285,8 +290,8 @@ func (v *validator) check(c *Config) {
 	if c.Server.MaxInFlight < 1 {
 		v.errorf([]string{"server", "max_in_flight"}, "server.max_in_flight: must be at least 1")
 	}
-	if c.Server.TimerSlack < 0 || c.Server.TimerSlack > MaxTimerSlack {
-		v.errorf([]string{"server", "timer_slack"}, "server.timer_slack: must be between 0 (the system's) and %v", MaxTimerSlack)
+	if k := keyNodeAt(v.root, []string{"server", "timer_slack"}); k != nil && k.Kind == yaml.ScalarNode && k.Value == "timer_slack" {
+		v.warnf([]string{"server", "timer_slack"}, "server.timer_slack is deprecated and has no effect; remove it")
 	}
 	if c.Server.IngestPerSecond < 0 || c.Server.IngestBurst < 0 {
 		v.errorf([]string{"server"}, "server: ingest_per_second and ingest_burst must not be negative")

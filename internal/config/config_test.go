@@ -62,7 +62,8 @@ func TestParseValid(t *testing.T) {
 		{"day durations", cfg.Dispatch.MaxAge, 48 * time.Hour},
 		{"defaults kept", cfg.Dispatch.Workers, 4},
 		{"read header timeout default", cfg.Server.ReadHeaderTimeout, 5 * time.Second},
-		{"timer slack", cfg.Server.TimerSlack, 500 * time.Microsecond},
+		{"deprecated timer slack warned about", strings.Join(cfg.Warnings, "\n"),
+			"/etc/sh/config.yaml:25:3: server.timer_slack is deprecated and has no effect; remove it"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -160,16 +161,6 @@ func TestParseErrors(t *testing.T) {
 			name: "yaml syntax",
 			in:   "listen: [\n",
 			want: []string{`c.yaml:`},
-		},
-		{
-			name: "timer slack beyond its bound",
-			in:   "server:\n  timer_slack: 50ms\n",
-			want: []string{`c.yaml:2:16: server.timer_slack: must be between 0 (the system's) and 10ms`},
-		},
-		{
-			name: "negative timer slack",
-			in:   "server:\n  timer_slack: -1ms\n",
-			want: []string{`c.yaml:2:16: server.timer_slack: must be between`},
 		},
 		{
 			name: "bad cloud",

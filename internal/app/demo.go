@@ -1,4 +1,4 @@
-package cli
+package app
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -36,10 +37,10 @@ func demoMachines() []defendersim.Machine {
 	}
 }
 
-// runDemo lays out a complete, ordinary configuration in a temporary
+// RunDemo lays out a complete, ordinary configuration in a temporary
 // folder (so a user can read it and copy from it), starts the simulator,
 // and runs the same service code as `serve --config`.
-func runDemo(ctx context.Context, env Env, listen string, slack timerSlack) error {
+func RunDemo(ctx context.Context, env Env, listen string) error {
 	dir, err := os.MkdirTemp("", "scanhook-demo-")
 	if err != nil {
 		return fmt.Errorf("demo folder: %w", err)
@@ -120,20 +121,19 @@ log:
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.TLSClientConfig = &tls.Config{RootCAs: sim.CertPool(), MinVersion: tls.VersionTLS12}
 
-	return runService(ctx, cfg, env, serviceHooks{
-		Transport:  transport,
-		Listening:  func(addr net.Addr) { printDemoBanner(env, dir, addr.String(), token, sim.URL()) },
-		TimerSlack: slack,
+	return Run(ctx, cfg, env, Hooks{
+		Transport: transport,
+		Listening: func(addr net.Addr) { printDemoBanner(env.stdout(), dir, addr.String(), token, sim.URL()) },
 	})
 }
 
-func printDemoBanner(env Env, dir, addr, token, simURL string) {
+func printDemoBanner(w io.Writer, dir, addr, token, simURL string) {
 	base := "http://" + addr
 	post := func(source, file string) string {
 		return fmt.Sprintf("curl -sS -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n    --data-binary @%s %s/v1/webhooks/%s",
 			token, filepath.Join(dir, file), base, source)
 	}
-	fmt.Fprintf(env.Stdout, `scanhook demo: listening on %[1]s (Ctrl-C to stop)
+	fmt.Fprintf(w, `scanhook demo: listening on %[1]s (Ctrl-C to stop)
 
   config    %[2]s/config.yaml
   rules     %[2]s/rules.yaml  (edit it: changes apply within seconds)

@@ -1,4 +1,4 @@
-package cli
+package app
 
 import (
 	"bytes"
@@ -79,7 +79,7 @@ log:
 	ctx, cancel := context.WithCancel(context.Background())
 	svc := &testService{token: testToken, logs: &syncWriter{}, cancel: cancel, served: make(chan error, 1)}
 	go func() {
-		svc.served <- runService(ctx, cfg, Env{Stdout: io.Discard, Stderr: svc.logs}, serviceHooks{
+		svc.served <- Run(ctx, cfg, Env{Stdout: io.Discard, Stderr: svc.logs}, Hooks{
 			Transport: transport,
 			Limiter:   limiter,
 			Listening: func(a net.Addr) { addrCh <- a },
