@@ -132,23 +132,18 @@ type Options struct {
 	ResolveCacheSize               int
 }
 
-// Defaults for Options.
+// Defaults of the tunables that are not configuration keys; those that are
+// (workers, attempts, age, backoff, lease, poll interval) default to
+// config.Defaults(), their one definition.
 const (
-	DefaultWorkers            = 4
-	DefaultMaxAttempts        = 12
-	DefaultMaxAge             = 24 * time.Hour
-	DefaultBackoffBase        = 2 * time.Second
-	DefaultBackoffMax         = 10 * time.Minute
-	DefaultLease              = 2 * time.Minute
-	DefaultPollInterval       = 15 * time.Second
-	DefaultClaimInterval      = 200 * time.Millisecond
-	DefaultShutdownGrace      = 10 * time.Second
-	DefaultPollBatch          = 100
-	DefaultPollChunk          = 25
-	DefaultStatsInterval      = 15 * time.Second
-	DefaultResolveTTL         = time.Hour
-	DefaultResolveNegativeTTL = 5 * time.Minute
-	DefaultResolveCacheSize   = 10000
+	defaultClaimInterval      = 200 * time.Millisecond
+	defaultShutdownGrace      = 10 * time.Second
+	defaultPollBatch          = 100
+	defaultPollChunk          = 25
+	defaultStatsInterval      = 15 * time.Second
+	defaultResolveTTL         = time.Hour
+	defaultResolveNegativeTTL = 5 * time.Minute
+	defaultResolveCacheSize   = 10000
 )
 
 // FromConfig turns the `dispatch:` configuration into Options.
@@ -179,22 +174,23 @@ func DefaultOwner() string {
 }
 
 func (o *Options) fill() error {
+	def := config.Defaults().Dispatch
 	type dur struct {
 		name string
 		v    *time.Duration
 		def  time.Duration
 	}
 	for _, d := range []dur{
-		{"max_age", &o.MaxAge, DefaultMaxAge},
-		{"backoff_base", &o.BackoffBase, DefaultBackoffBase},
-		{"backoff_max", &o.BackoffMax, DefaultBackoffMax},
-		{"lease", &o.Lease, DefaultLease},
-		{"poll_interval", &o.PollInterval, DefaultPollInterval},
-		{"claim_interval", &o.ClaimInterval, DefaultClaimInterval},
-		{"shutdown_grace", &o.ShutdownGrace, DefaultShutdownGrace},
-		{"stats_interval", &o.StatsInterval, DefaultStatsInterval},
-		{"resolve_ttl", &o.ResolveTTL, DefaultResolveTTL},
-		{"resolve_negative_ttl", &o.ResolveNegativeTTL, DefaultResolveNegativeTTL},
+		{"max_age", &o.MaxAge, def.MaxAge},
+		{"backoff_base", &o.BackoffBase, def.BackoffBase},
+		{"backoff_max", &o.BackoffMax, def.BackoffMax},
+		{"lease", &o.Lease, def.Lease},
+		{"poll_interval", &o.PollInterval, def.PollInterval},
+		{"claim_interval", &o.ClaimInterval, defaultClaimInterval},
+		{"shutdown_grace", &o.ShutdownGrace, defaultShutdownGrace},
+		{"stats_interval", &o.StatsInterval, defaultStatsInterval},
+		{"resolve_ttl", &o.ResolveTTL, defaultResolveTTL},
+		{"resolve_negative_ttl", &o.ResolveNegativeTTL, defaultResolveNegativeTTL},
 	} {
 		if *d.v < 0 {
 			return fmt.Errorf("dispatch.%s: %s is negative", d.name, *d.v)
@@ -209,11 +205,11 @@ func (o *Options) fill() error {
 		def  int
 	}
 	for _, n := range []num{
-		{"workers", &o.Workers, DefaultWorkers},
-		{"max_attempts", &o.MaxAttempts, DefaultMaxAttempts},
-		{"poll_batch", &o.PollBatch, DefaultPollBatch},
-		{"poll_chunk", &o.PollChunk, DefaultPollChunk},
-		{"resolve_cache_size", &o.ResolveCacheSize, DefaultResolveCacheSize},
+		{"workers", &o.Workers, def.Workers},
+		{"max_attempts", &o.MaxAttempts, def.MaxAttempts},
+		{"poll_batch", &o.PollBatch, defaultPollBatch},
+		{"poll_chunk", &o.PollChunk, defaultPollChunk},
+		{"resolve_cache_size", &o.ResolveCacheSize, defaultResolveCacheSize},
 	} {
 		if *n.v < 0 {
 			return fmt.Errorf("dispatch.%s: %d is negative", n.name, *n.v)

@@ -664,7 +664,7 @@ func TestOptions(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if o.Owner == "" || o.Workers != DefaultWorkers || o.ShutdownGrace > o.Lease/2 {
+				if o.Owner == "" || o.Workers != config.Defaults().Dispatch.Workers || o.ShutdownGrace > o.Lease/2 {
 					t.Errorf("defaults not applied: %+v", o)
 				}
 				return
