@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -51,15 +53,13 @@ func (a *api) receipt(c *echo.Context) error {
 // scanStatuses are the values ?status= may take: decision statuses, job
 // states and Defender action statuses (lower case), as store.ScanQuery
 // matches them.
-var scanStatuses = map[string]bool{
-	store.StatusQueued: true, store.StatusSkipped: true, store.StatusDuplicate: true, store.StatusCooldown: true,
-	store.StatusAlreadyScanning: true, store.StatusDryRun: true,
-	store.JobLeased: true, store.JobCalling: true, store.JobRetry: true, store.JobSubmitted: true, store.JobDead: true,
-	store.JobWaiting:                     true,
-	strings.ToLower(store.ActionPending): true, strings.ToLower(store.ActionInProgress): true,
-	strings.ToLower(store.ActionSucceeded): true, strings.ToLower(store.ActionFailed): true,
-	strings.ToLower(store.ActionTimeOut): true, strings.ToLower(store.ActionCancelled): true,
-}
+var scanStatuses = func() map[string]bool {
+	m := map[string]bool{}
+	for _, s := range slices.Concat(domain.DecisionStatuses(), domain.JobStates(), domain.ActionStatuses()) {
+		m[strings.ToLower(s)] = true
+	}
+	return m
+}()
 
 // scans is GET /v1/scans?device=&status=&limit=.
 func (a *api) scans(c *echo.Context) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 	"github.com/scanhook/scanhook/rules"
 )
@@ -276,7 +277,7 @@ func (a *api) explain(c *echo.Context) error {
 		for _, dec := range rs.Evaluate(&alerts[i]) {
 			e := explainDecision{AlertID: dec.AlertID, Source: dec.Source, Device: dec.Device, Rule: dec.Rule,
 				Scan: string(dec.Scan), Comment: dec.Comment, Reason: dec.Reason, DryRun: dec.DryRun || a.dryRun}
-			if dec.Cooldown > 0 && dec.Scan != rules.ScanNone {
+			if dec.Cooldown > 0 && dec.Scan != domain.ScanNone {
 				e.Cooldown = dec.Cooldown.String()
 			}
 			out.Decisions = append(out.Decisions, e)

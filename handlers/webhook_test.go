@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -45,12 +46,12 @@ func TestWebhookSamples(t *testing.T) {
 					t.Errorf("decision for unknown alert %q", d.AlertID)
 				}
 				switch d.Status {
-				case store.StatusQueued:
+				case domain.StatusQueued:
 					queued++
 					if d.Device == nil || (d.Scan != "Quick" && d.Scan != "Full") || d.Rule == "" {
 						t.Errorf("queued decision %+v", d)
 					}
-				case store.StatusSkipped:
+				case domain.StatusSkipped:
 					if d.Reason == "" {
 						t.Errorf("skipped without a reason: %+v", d)
 					}
@@ -81,7 +82,7 @@ func TestWebhookSamples(t *testing.T) {
 
 			// The audit trail lists each queued device.
 			for _, d := range got.Decisions {
-				if d.Status != store.StatusQueued {
+				if d.Status != domain.StatusQueued {
 					continue
 				}
 				dev := d.Device.ID
@@ -134,7 +135,7 @@ func TestDryRunMarksEveryDecision(t *testing.T) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	for _, d := range got.Decisions {
-		if d.Status != store.StatusDryRun {
+		if d.Status != domain.StatusDryRun {
 			t.Errorf("status %q, want dry_run", d.Status)
 		}
 	}

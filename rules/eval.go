@@ -9,6 +9,7 @@ import (
 	"cel.dev/cel-go/common/types"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // evaluation holds what one Evaluate computes at most once: the alert as
@@ -37,7 +38,7 @@ type evaluation struct {
 // no usable device gets a single Device-nil decision whose reason lists the
 // dropped devices.
 func (rs *Ruleset) Evaluate(a *alert.Alert) []Decision {
-	base := Decision{AlertID: a.ID, Source: a.Source, Scan: ScanNone}
+	base := Decision{AlertID: a.ID, Source: a.Source, Scan: domain.ScanNone}
 	if a.Skip != "" {
 		if len(a.Devices) == 0 {
 			d := base
@@ -141,7 +142,7 @@ func (ev *evaluation) decide(base Decision, i int, dev *alert.Device) Decision {
 		d.Rule = r.name
 		d.Scan = r.scan
 		d.Reason = ev.explain(r)
-		if r.scan == ScanNone {
+		if r.scan == domain.ScanNone {
 			return d
 		}
 		d.Cooldown = r.cooldown

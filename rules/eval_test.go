@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 const (
@@ -103,7 +104,7 @@ func TestOperators(t *testing.T) {
 			if got := d[0].Rule == "r"; got != tt.want {
 				t.Errorf("matched = %v, want %v (reason %q)", got, tt.want, d[0].Reason)
 			}
-			if !tt.want && (d[0].Scan != ScanNone || d[0].Reason != "no rule matched") {
+			if !tt.want && (d[0].Scan != domain.ScanNone || d[0].Reason != "no rule matched") {
 				t.Errorf("no-match decision: %+v", d[0])
 			}
 		})
@@ -215,13 +216,13 @@ rules:
 	}
 	want := []struct {
 		rule     string
-		scan     Scan
+		scan     string
 		dev      alert.Device
 		cooldown time.Duration
 	}{
-		{"ransomware-full", ScanFull, a.Devices[0], 12 * time.Hour},
-		{"exclude-test-hosts", ScanNone, a.Devices[1], 0},
-		{"ransomware-full", ScanFull, a.Devices[2], 12 * time.Hour},
+		{"ransomware-full", domain.ScanFull, a.Devices[0], 12 * time.Hour},
+		{"exclude-test-hosts", domain.ScanNone, a.Devices[1], 0},
+		{"ransomware-full", domain.ScanFull, a.Devices[2], 12 * time.Hour},
 	}
 	for i, w := range want {
 		d := ds[i]
@@ -243,11 +244,11 @@ rules:
 
 	a.Category = "Execution"
 	d := rs.Evaluate(a)[0]
-	if d.Rule != "high-quick" || d.Scan != ScanQuick || !d.DryRun || d.Cooldown != time.Hour {
+	if d.Rule != "high-quick" || d.Scan != domain.ScanQuick || !d.DryRun || d.Cooldown != time.Hour {
 		t.Errorf("second rule in order: %+v", d)
 	}
 	a.Severity = alert.Low
-	if d := rs.Evaluate(a)[0]; d.Rule != "rest" || d.Scan != ScanNone || d.Reason != `rule "rest" matched (no conditions)` {
+	if d := rs.Evaluate(a)[0]; d.Rule != "rest" || d.Scan != domain.ScanNone || d.Reason != `rule "rest" matched (no conditions)` {
 		t.Errorf("catch-all: %+v", d)
 	}
 }
@@ -255,7 +256,7 @@ rules:
 func TestNoRuleMatched(t *testing.T) {
 	rs := mustLoad(t, "rules:\n  - name: crit\n    match: {severity: critical}\n    scan: Full\n")
 	d := rs.Evaluate(sampleAlert())[0]
-	if d.Rule != "" || d.Scan != ScanNone || d.Reason != "no rule matched" || d.Comment != "" || d.Cooldown != 0 {
+	if d.Rule != "" || d.Scan != domain.ScanNone || d.Reason != "no rule matched" || d.Comment != "" || d.Cooldown != 0 {
 		t.Errorf("%+v", d)
 	}
 }
@@ -273,7 +274,7 @@ func TestSkipDroppedAndNoDevice(t *testing.T) {
 			t.Fatalf("want 2 decisions, got %d", len(ds))
 		}
 		for i, d := range ds {
-			if d.Device == nil || d.Device.Key() != a.Devices[i].Key() || d.Scan != ScanNone || d.Rule != "" || d.Reason != "alert is Resolved" {
+			if d.Device == nil || d.Device.Key() != a.Devices[i].Key() || d.Scan != domain.ScanNone || d.Rule != "" || d.Reason != "alert is Resolved" {
 				t.Errorf("decision %d: %+v", i, d)
 			}
 		}
@@ -282,7 +283,7 @@ func TestSkipDroppedAndNoDevice(t *testing.T) {
 		a := sampleAlert()
 		a.Devices, a.Skip = nil, "status is not firing"
 		ds := rs.Evaluate(a)
-		if len(ds) != 1 || ds[0].Device != nil || ds[0].Reason != "status is not firing" || ds[0].Scan != ScanNone {
+		if len(ds) != 1 || ds[0].Device != nil || ds[0].Reason != "status is not firing" || ds[0].Scan != domain.ScanNone {
 			t.Errorf("%+v", ds)
 		}
 	})
@@ -291,7 +292,7 @@ func TestSkipDroppedAndNoDevice(t *testing.T) {
 		a.Devices, a.Dropped = nil, dropped
 		ds := rs.Evaluate(a)
 		want := `no usable device: "bad host!" (not a valid DNS name); "xyz" (not a machine id)`
-		if len(ds) != 1 || ds[0].Device != nil || ds[0].Scan != ScanNone || ds[0].Reason != want {
+		if len(ds) != 1 || ds[0].Device != nil || ds[0].Scan != domain.ScanNone || ds[0].Reason != want {
 			t.Errorf("%+v", ds)
 		}
 	})
@@ -310,12 +311,12 @@ func TestSkipDroppedAndNoDevice(t *testing.T) {
 		if len(ds) != 3 {
 			t.Fatalf("want 3 decisions, got %+v", ds)
 		}
-		if ds[0].Device == nil || ds[0].Scan != ScanFull {
+		if ds[0].Device == nil || ds[0].Scan != domain.ScanFull {
 			t.Errorf("usable device: %+v", ds[0])
 		}
 		for i, want := range []string{`device dropped: "bad host!" (not a valid DNS name)`, `device dropped: "xyz" (not a machine id)`} {
 			d := ds[i+1]
-			if d.Device != nil || d.Scan != ScanNone || d.Rule != "" || d.Reason != want || d.AlertID != "da1" {
+			if d.Device != nil || d.Scan != domain.ScanNone || d.Rule != "" || d.Reason != want || d.AlertID != "da1" {
 				t.Errorf("dropped %d: %+v", i, d)
 			}
 		}
@@ -373,7 +374,7 @@ func TestCommentTemplateFailsAtRuntime(t *testing.T) {
 	a := sampleAlert()
 	a.Tags = nil
 	d := rs.Evaluate(a)[0]
-	if d.Scan != ScanFull || !strings.HasPrefix(d.Comment, "scanhook r: defender alert da1") || !strings.Contains(d.Reason, "comment template failed") {
+	if d.Scan != domain.ScanFull || !strings.HasPrefix(d.Comment, "scanhook r: defender alert da1") || !strings.Contains(d.Reason, "comment template failed") {
 		t.Errorf("%+v", d)
 	}
 }
@@ -441,17 +442,17 @@ func TestExampleRules(t *testing.T) {
 		name   string
 		a      alert.Alert
 		rule   string
-		scan   Scan
+		scan   string
 		dryRun bool
 	}{
-		{"ransomware high", alert.Alert{Source: "defender", Severity: alert.High, Category: "Ransomware"}, "ransomware-full", ScanFull, false},
-		{"resolved is ignored", alert.Alert{Source: "defender", Severity: alert.Critical, Category: "Ransomware", Status: "Resolved"}, "closed-or-benign", ScanNone, false},
-		{"encrypt in title", alert.Alert{Source: "sentinel", Severity: alert.Medium, Title: "Mass file ENCRYPTION"}, "encryption-activity-full", ScanFull, false},
-		{"crown jewel via CEL", alert.Alert{Source: "graph", Severity: alert.Low, Tags: []string{"Crown-Jewel"}}, "crown-jewel-full", ScanFull, false},
-		{"crown jewel but informational", alert.Alert{Source: "graph", Severity: alert.Informational, Tags: []string{"crown-jewel"}}, "everything-else", ScanNone, false},
-		{"trial source dry run", alert.Alert{Source: "alertmanager", Severity: alert.High}, "trial-source-dry-run", ScanQuick, true},
-		{"medium quick", alert.Alert{Source: "splunk", Severity: alert.Medium}, "medium-quick", ScanQuick, false},
-		{"informational none", alert.Alert{Source: "defender", Severity: alert.Informational}, "everything-else", ScanNone, false},
+		{"ransomware high", alert.Alert{Source: "defender", Severity: alert.High, Category: "Ransomware"}, "ransomware-full", domain.ScanFull, false},
+		{"resolved is ignored", alert.Alert{Source: "defender", Severity: alert.Critical, Category: "Ransomware", Status: "Resolved"}, "closed-or-benign", domain.ScanNone, false},
+		{"encrypt in title", alert.Alert{Source: "sentinel", Severity: alert.Medium, Title: "Mass file ENCRYPTION"}, "encryption-activity-full", domain.ScanFull, false},
+		{"crown jewel via CEL", alert.Alert{Source: "graph", Severity: alert.Low, Tags: []string{"Crown-Jewel"}}, "crown-jewel-full", domain.ScanFull, false},
+		{"crown jewel but informational", alert.Alert{Source: "graph", Severity: alert.Informational, Tags: []string{"crown-jewel"}}, "everything-else", domain.ScanNone, false},
+		{"trial source dry run", alert.Alert{Source: "alertmanager", Severity: alert.High}, "trial-source-dry-run", domain.ScanQuick, true},
+		{"medium quick", alert.Alert{Source: "splunk", Severity: alert.Medium}, "medium-quick", domain.ScanQuick, false},
+		{"informational none", alert.Alert{Source: "defender", Severity: alert.Informational}, "everything-else", domain.ScanNone, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -461,7 +462,7 @@ func TestExampleRules(t *testing.T) {
 			if d.Rule != tt.rule || d.Scan != tt.scan || d.DryRun != tt.dryRun {
 				t.Errorf("got rule %q scan %q dry_run %v (%s)", d.Rule, d.Scan, d.DryRun, d.Reason)
 			}
-			if d.Scan != ScanNone && !strings.Contains(d.Comment, "x1") {
+			if d.Scan != domain.ScanNone && !strings.Contains(d.Comment, "x1") {
 				t.Errorf("comment does not point back to the alert: %q", d.Comment)
 			}
 		})
@@ -470,7 +471,7 @@ func TestExampleRules(t *testing.T) {
 		a := alert.Alert{ID: "x2", Source: "defender", Severity: alert.High, Category: "Execution",
 			Devices: []alert.Device{{DNSName: "build-12.corp.example"}}}
 		d := rs.Evaluate(&a)[0]
-		if d.Rule != "build-agents-quick" || d.Scan != ScanQuick || d.Cooldown != 24*time.Hour {
+		if d.Rule != "build-agents-quick" || d.Scan != domain.ScanQuick || d.Cooldown != 24*time.Hour {
 			t.Errorf("%+v", d)
 		}
 	})

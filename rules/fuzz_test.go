@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 )
 
@@ -27,7 +28,7 @@ func FuzzLoad(f *testing.F) {
 				t.Fatalf("want %d decisions, got %d", len(a.Devices), len(ds))
 			}
 			for _, d := range ds {
-				if d.Scan != ScanQuick && d.Scan != ScanFull && d.Scan != ScanNone {
+				if d.Scan != domain.ScanQuick && d.Scan != domain.ScanFull && d.Scan != domain.ScanNone {
 					t.Fatalf("bad scan %q", d.Scan)
 				}
 				if len([]rune(d.Comment)) > 50 {

@@ -9,6 +9,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 )
 
@@ -38,10 +39,6 @@ var fieldNames = []string{
 	fMitreTechniques: "mitre_techniques", fTags: "tags", fTenantID: "tenant_id",
 	fDeviceDNSName: "device.dns_name", fDeviceID: "device.id",
 }
-
-// knownSources are the webhook sources of the HTTP API; a `source:` value
-// outside them is a typo that would silently never match.
-var knownSources = []string{"defender", "graph", "sentinel", "azuremonitor", "splunk", "elastic", "alertmanager", "generic"}
 
 var operators = []string{"regex", "glob", "not", "gte", "lte"}
 
@@ -453,15 +450,15 @@ func (l *loader) scalar(f field, key string, n *yaml.Node) (string, bool) {
 		s, ok := l.severity(key, n)
 		return string(s), ok
 	case fSource:
-		for _, s := range knownSources {
+		for _, s := range domain.Sources() {
 			if strings.EqualFold(s, n.Value) {
 				return n.Value, true
 			}
 		}
-		if sug := yamlpos.Suggest(n.Value, knownSources); sug != "" {
+		if sug := yamlpos.Suggest(n.Value, domain.Sources()); sug != "" {
 			l.errorf(n, "match: source %q is not a source (did you mean %q?)", n.Value, sug)
 		} else {
-			l.errorf(n, "match: source %q is not a source; use one of %s", n.Value, strings.Join(knownSources, ", "))
+			l.errorf(n, "match: source %q is not a source; use one of %s", n.Value, strings.Join(domain.Sources(), ", "))
 		}
 		return "", false
 	}

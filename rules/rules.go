@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -24,34 +25,24 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 )
 
-// Scan is the kind of antivirus scan a rule asks for. The spellings are
-// Defender's ScanType values, plus "none".
-type Scan string
+// scanSetting is a rule's `scan:` as written: exactly Quick, Full or none
+// (domain.Scans), with a near miss ("full", "quik") named in the error.
+type scanSetting string
 
-// The scan kinds.
-const (
-	ScanQuick Scan = "Quick"
-	ScanFull  Scan = "Full"
-	ScanNone  Scan = "none"
-)
-
-var scanKinds = []string{string(ScanQuick), string(ScanFull), string(ScanNone)}
-
-// UnmarshalYAMLPos accepts exactly Quick, Full or none; a near miss
-// ("full", "quik") is an error that names the right spelling.
-func (s *Scan) UnmarshalYAMLPos(n *yaml.Node, file string) yamlpos.ErrorList {
+// UnmarshalYAMLPos implements yamlpos.Unmarshaler.
+func (s *scanSetting) UnmarshalYAMLPos(n *yaml.Node, file string) yamlpos.ErrorList {
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
 		return yamlpos.ErrorList{yamlpos.At(file, n, "scan must be Quick, Full or none, got %s", yamlpos.Describe(n))}
 	}
-	switch v := Scan(n.Value); v {
-	case ScanQuick, ScanFull, ScanNone:
-		*s = v
+	if slices.Contains(domain.Scans(), n.Value) {
+		*s = scanSetting(n.Value)
 		return nil
 	}
-	if sug := yamlpos.Suggest(n.Value, scanKinds); sug != "" {
+	if sug := yamlpos.Suggest(n.Value, domain.Scans()); sug != "" {
 		return yamlpos.ErrorList{yamlpos.At(file, n, "scan %q is not valid (did you mean %q?); use Quick, Full or none", n.Value, sug)}
 	}
 	return yamlpos.ErrorList{yamlpos.At(file, n, "scan %q is not valid; use Quick, Full or none", n.Value)}
@@ -90,7 +81,7 @@ type Decision struct {
 	// Rule is the matching rule's name; "" when none matched or the alert
 	// was skipped.
 	Rule string
-	Scan Scan
+	Scan string // domain.ScanQuick, ScanFull or ScanNone
 	// Comment is the rendered comment for Defender (control characters
 	// stripped, capped); "" when Scan is none.
 	Comment string
@@ -121,7 +112,7 @@ type rule struct {
 	whenText string
 	// whenQuoted is whenText as a reason quotes it, computed at load.
 	whenQuoted string
-	scan       Scan
+	scan       string
 	comment    *commentTmpl
 	cooldown   time.Duration
 	dryRun     bool
@@ -167,7 +158,7 @@ type ruleSpec struct {
 	Name     yamlpos.Pos[string]        `yaml:"name"`
 	Match    *yaml.Node                 `yaml:"match"`
 	When     yamlpos.Pos[string]        `yaml:"when"`
-	Scan     yamlpos.Pos[Scan]          `yaml:"scan"`
+	Scan     yamlpos.Pos[scanSetting]   `yaml:"scan"`
 	Comment  yamlpos.Pos[string]        `yaml:"comment"`
 	Cooldown yamlpos.Pos[time.Duration] `yaml:"cooldown"`
 	DryRun   *bool                      `yaml:"dry_run"`
@@ -337,7 +328,7 @@ func (l *loader) rule(env *cel.Env, sp *ruleSpec, node *yaml.Node, names map[str
 			l.errorf(node, "rule %q has no scan; use Quick, Full or none", r.name)
 		}
 	} else {
-		r.scan = sp.Scan.V
+		r.scan = string(sp.Scan.V)
 	}
 	if sp.Match != nil {
 		r.conds = l.match(sp.Match)

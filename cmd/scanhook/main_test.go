@@ -217,3 +217,17 @@ func TestScanCommand(t *testing.T) {
 		}
 	})
 }
+
+// TestBinaryLinksNoTestCode keeps test helpers out of the shipped binary:
+// the testing package registers flags and pulls in code no operator needs.
+func TestBinaryLinksNoTestCode(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "testing" || strings.HasPrefix(pkg, "testing/") || strings.HasSuffix(pkg, "/testutil") || strings.HasSuffix(pkg, "/simtest") {
+			t.Errorf("the scanhook binary links %s", pkg)
+		}
+	}
+}

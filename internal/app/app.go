@@ -28,6 +28,7 @@ import (
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/dispatch"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/pglimit"
 	"github.com/scanhook/scanhook/internal/reload"
 	"github.com/scanhook/scanhook/internal/store"
@@ -242,7 +243,7 @@ func (k kickingStore) Ingest(ctx context.Context, d store.Delivery) (store.Inges
 	res, err := k.Store.Ingest(ctx, d)
 	if err == nil {
 		for _, dec := range res.Decisions {
-			if dec.Status == store.StatusQueued {
+			if dec.Status == domain.StatusQueued {
 				k.kick()
 				break
 			}

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defender"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // Exit codes of `scanhook scan`, distinct so scripts can tell outcomes apart.
@@ -48,7 +49,7 @@ func scan(ctx context.Context, args []string, env Env) error {
 	case *comment == "":
 		return usagef("scan: --comment is required (it is how the scan is explained in Defender)")
 	}
-	st, err := defender.ParseScanType(*scanType)
+	st, err := domain.ParseScanType(*scanType)
 	if err != nil {
 		return usagef("scan: --type %q: want Quick or Full", *scanType)
 	}

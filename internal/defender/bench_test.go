@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // BenchmarkRunAntiVirusScan measures one scan request through the client
@@ -36,7 +37,7 @@ func BenchmarkRunAntiVirusScan(b *testing.B) {
 	})
 	m := windowsMachine(b, e.sim, 0)
 	ctx := context.Background()
-	if _, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "warm up"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "warm up"); err != nil {
 		b.Fatal(err)
 	}
 	token := apiRequests(e.sim)[0].Header.Get("Authorization")
@@ -44,7 +45,7 @@ func BenchmarkRunAntiVirusScan(b *testing.B) {
 	b.Run("client", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "benchmark"); err != nil {
+			if _, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "benchmark"); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -82,7 +83,7 @@ func BenchmarkRunAntiVirusScan(b *testing.B) {
 			i := 0
 			for pb.Next() {
 				i++
-				_, err := e.client.RunAntiVirusScan(ctx, ids[i%len(ids)], Quick, "benchmark")
+				_, err := e.client.RunAntiVirusScan(ctx, ids[i%len(ids)], domain.ScanQuick, "benchmark")
 				if err != nil && KindOf(err) != AlreadyScanning {
 					b.Error(err)
 					return

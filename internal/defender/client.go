@@ -30,6 +30,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // Deps are the client's collaborators. Every field is optional.
@@ -249,8 +251,8 @@ type request struct {
 // scanRequest is the runAntiVirusScan body. Defender's keys are
 // case-sensitive: exactly Comment and ScanType.
 type scanRequest struct {
-	Comment  string   `json:"Comment"`
-	ScanType ScanType `json:"ScanType"`
+	Comment  string `json:"Comment"`
+	ScanType string `json:"ScanType"`
 }
 
 type cancelRequest struct {
@@ -267,12 +269,12 @@ const alreadyScanningSkew = 2 * time.Minute
 // with the 400 answer the action is nil; when Defender answers 201 with the
 // existing pending action (recognised by a comment that is not ours or a
 // creation time before our request), that action is returned with the error.
-func (c *Client) RunAntiVirusScan(ctx context.Context, machineID string, scanType ScanType, comment string) (*MachineAction, error) {
+func (c *Client) RunAntiVirusScan(ctx context.Context, machineID string, scanType string, comment string) (*MachineAction, error) {
 	const op = "runAntiVirusScan"
 	if !ValidMachineID(machineID) {
 		return nil, c.invalid(op, "machine id %q is not 40 hexadecimal characters", machineID)
 	}
-	if scanType != Quick && scanType != Full {
+	if scanType != domain.ScanQuick && scanType != domain.ScanFull {
 		return nil, c.invalid(op, "scan type %q: want Quick or Full", string(scanType))
 	}
 	comment = strings.TrimSpace(comment)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func TestTokenRequestAndScanRequest(t *testing.T) {
@@ -22,7 +23,7 @@ func TestTokenRequestAndScanRequest(t *testing.T) {
 	m := windowsMachine(t, e.sim, 0)
 	const comment = "scanhook ransomware-full: sentinel alert 3212 (high) Ransom note"
 
-	a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Full, comment)
+	a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanFull, comment)
 	if err != nil {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
@@ -96,7 +97,7 @@ func TestTokenRequestAndScanRequest(t *testing.T) {
 
 	// The MachineAction as decoded.
 	if !ValidActionID(a.ID) || a.Type != ActionTypeRunAntiVirusScan || a.Scope != "Full" ||
-		a.Status != StatusPending || a.MachineID != m.ID || a.ComputerDNSName != m.ComputerDNSName ||
+		a.Status != domain.ActionPending || a.MachineID != m.ID || a.ComputerDNSName != m.ComputerDNSName ||
 		a.RequestorComment != comment || a.CreationDateTimeUTC.IsZero() || a.LastUpdateDateTimeUTC.IsZero() {
 		t.Errorf("action = %+v", a)
 	}
@@ -119,11 +120,11 @@ func TestTokenRequestAndScanRequest(t *testing.T) {
 func TestAlreadyScanning400(t *testing.T) {
 	e := newEnv(t, defendersim.Options{PendingFor: time.Hour}, nil)
 	m := windowsMachine(t, e.sim, 0)
-	first, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "first")
+	first, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "first")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Full, "second")
+	a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanFull, "second")
 	ee := wantKind(t, err, AlreadyScanning)
 	if a != nil {
 		t.Errorf("action = %+v, want nil with the 400 answer", a)
@@ -143,13 +144,13 @@ func TestAlreadyScanningExistingAction(t *testing.T) {
 			d.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 		})
 	m := windowsMachine(t, e.sim, 0)
-	first, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "first")
+	first, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "first")
 	if err != nil {
 		t.Fatalf("first scan: %v", err)
 	}
 
 	t.Run("other comment", func(t *testing.T) {
-		a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Full, "second")
+		a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanFull, "second")
 		ee := wantKind(t, err, AlreadyScanning)
 		if a == nil || a.ID != first.ID {
 			t.Fatalf("action = %+v, want the pending %s", a, first.ID)
@@ -160,7 +161,7 @@ func TestAlreadyScanningExistingAction(t *testing.T) {
 	})
 	t.Run("same comment, old action", func(t *testing.T) {
 		offset.Store(int64(10 * time.Minute))
-		a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "first")
+		a, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "first")
 		wantKind(t, err, AlreadyScanning)
 		if a == nil || a.ID != first.ID {
 			t.Fatalf("action = %+v, want the pending %s", a, first.ID)
@@ -189,7 +190,7 @@ func TestErrorKinds(t *testing.T) {
 		retryable bool
 	}{
 		{"unknown machine", func() error {
-			_, err := e.client.RunAntiVirusScan(ctx, strings.Repeat("0", 40), Quick, "x")
+			_, err := e.client.RunAntiVirusScan(ctx, strings.Repeat("0", 40), domain.ScanQuick, "x")
 			return err
 		}, NotFound, 404, "ResourceNotFound", false},
 		{"unknown machine name", func() error { _, err := e.client.GetMachine(ctx, "nope.contoso.com"); return err }, NotFound, 404, "ResourceNotFound", false},
@@ -198,9 +199,9 @@ func TestErrorKinds(t *testing.T) {
 			_, err := e.client.GetAction(ctx, "00000000-0000-4000-8000-000000000000")
 			return err
 		}, NotFound, 404, "ResourceNotFound", false},
-		{"unsupported platform", func() error { _, err := e.client.RunAntiVirusScan(ctx, linux.ID, Quick, "x"); return err }, BadRequest, 400, "OsPlatformNotSupported", false},
+		{"unsupported platform", func() error { _, err := e.client.RunAntiVirusScan(ctx, linux.ID, domain.ScanQuick, "x"); return err }, BadRequest, 400, "OsPlatformNotSupported", false},
 		{"cancel final action", func() error {
-			a, err := e.client.RunAntiVirusScan(ctx, win.ID, Quick, "x")
+			a, err := e.client.RunAntiVirusScan(ctx, win.ID, domain.ScanQuick, "x")
 			if err != nil {
 				return err
 			}
@@ -262,7 +263,7 @@ func TestUnauthorizedAndForbidden(t *testing.T) {
 	})
 	t.Run("missing permission", func(t *testing.T) {
 		e := newEnv(t, defendersim.Options{Roles: []string{defendersim.RoleMachineReadAll}}, nil)
-		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "x")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, domain.ScanQuick, "x")
 		ee := wantKind(t, err, Forbidden)
 		if ee.Status != 403 || IsRetryable(err) {
 			t.Errorf("error = %#v", ee)
@@ -420,7 +421,7 @@ func TestInjectedInputNeverReachesTheWire(t *testing.T) {
 	}
 	for _, s := range bad {
 		calls := map[string]func() error{
-			"RunAntiVirusScan": func() error { _, err := e.client.RunAntiVirusScan(ctx, s, Quick, "x"); return err },
+			"RunAntiVirusScan": func() error { _, err := e.client.RunAntiVirusScan(ctx, s, domain.ScanQuick, "x"); return err },
 			"GetMachine":       func() error { _, err := e.client.GetMachine(ctx, s); return err },
 			"FindByDNSName":    func() error { _, err := e.client.FindMachineByDNSName(ctx, s); return err },
 			"GetAction":        func() error { _, err := e.client.GetAction(ctx, s); return err },
@@ -448,12 +449,12 @@ func TestInjectedInputNeverReachesTheWire(t *testing.T) {
 	}
 	// Bad scan types and comments too.
 	m := windowsMachine(t, e.sim, 0)
-	for _, st := range []ScanType{"", "quick", "Quick'", "Custom"} {
+	for _, st := range []string{"", "quick", "Quick'", "Custom"} {
 		if _, err := e.client.RunAntiVirusScan(ctx, m.ID, st, "x"); KindOf(err) != Invalid {
 			t.Errorf("scan type %q: %v", st, err)
 		}
 	}
-	if _, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "  "); KindOf(err) != Invalid {
+	if _, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "  "); KindOf(err) != Invalid {
 		t.Errorf("empty comment: %v", err)
 	}
 	if n := len(e.sim.Requests()); n != 0 {
@@ -494,7 +495,7 @@ func TestLookupsAndCancel(t *testing.T) {
 		}
 	}
 
-	a, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "to cancel")
+	a, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "to cancel")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,7 +503,7 @@ func TestLookupsAndCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != StatusCancelled || c.CancellationComment != "alert closed" || c.CancellationDateTimeUTC.IsZero() || !c.Final() {
+	if c.Status != domain.ActionCancelled || c.CancellationComment != "alert closed" || c.CancellationDateTimeUTC.IsZero() || !c.Final() {
 		t.Errorf("cancelled = %+v", c)
 	}
 	last := apiRequests(e.sim)
@@ -520,7 +521,7 @@ func TestListActionsChunks(t *testing.T) {
 		if len(ids) == 60 {
 			break
 		}
-		a, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "bulk")
+		a, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "bulk")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -557,7 +558,7 @@ func TestListActionsChunks(t *testing.T) {
 	// Other filters, combined with ids.
 	m := e.sim.Machines()[0]
 	got, err = e.client.ListActions(ctx, ActionFilter{
-		IDs: ids[:3], MachineID: m.ID, Type: ActionTypeRunAntiVirusScan, Status: StatusPending,
+		IDs: ids[:3], MachineID: m.ID, Type: ActionTypeRunAntiVirusScan, Status: domain.ActionPending,
 		CreatedSince: time.Now().Add(-time.Hour),
 	})
 	if err != nil {
@@ -566,7 +567,7 @@ func TestListActionsChunks(t *testing.T) {
 	if len(got) != 1 || got[0].MachineID != m.ID {
 		t.Errorf("filtered = %+v", got)
 	}
-	got, err = e.client.ListActions(ctx, ActionFilter{Status: StatusSucceeded})
+	got, err = e.client.ListActions(ctx, ActionFilter{Status: domain.ActionSucceeded})
 	if err != nil || len(got) != 0 {
 		t.Errorf("succeeded = %v, %v", got, err)
 	}
@@ -579,7 +580,7 @@ func TestListActionsChunks(t *testing.T) {
 func TestDryRun(t *testing.T) {
 	e := newEnv(t, defendersim.Options{}, func(c *Config, _ *Deps) { c.DryRun = true })
 	m := windowsMachine(t, e.sim, 0)
-	if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "x"); KindOf(err) != DryRun {
+	if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "x"); KindOf(err) != DryRun {
 		t.Fatalf("scan in dry run: %v", err)
 	}
 	if _, err := e.client.CancelAction(ctxT(t), "00000000-0000-4000-8000-000000000001", "x"); KindOf(err) != DryRun {
@@ -606,8 +607,8 @@ func TestSecretsNeverLogged(t *testing.T) {
 			errs = append(errs, err)
 		}
 	}
-	record(e.client.RunAntiVirusScan(ctx, m.ID, Quick, "x"))
-	record(e.client.RunAntiVirusScan(ctx, m.ID, Quick, "x"))
+	record(e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "x"))
+	record(e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "x"))
 	record(e.client.GetMachine(ctx, strings.Repeat("0", 40)))
 	e.sim.SetFaults(defendersim.Faults{ErrorRate: 1})
 	for range 3 {
@@ -640,9 +641,9 @@ func TestMetrics(t *testing.T) {
 	e := newEnv(t, defendersim.Options{PendingFor: time.Hour}, nil)
 	ctx := ctxT(t)
 	m := windowsMachine(t, e.sim, 0)
-	_, _ = e.client.RunAntiVirusScan(ctx, m.ID, Quick, "x")
-	_, _ = e.client.RunAntiVirusScan(ctx, m.ID, Quick, "x")
-	_, _ = e.client.RunAntiVirusScan(ctx, "nope", Quick, "x")
+	_, _ = e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "x")
+	_, _ = e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "x")
+	_, _ = e.client.RunAntiVirusScan(ctx, "nope", domain.ScanQuick, "x")
 	for op, want := range map[[2]string]float64{
 		{"runAntiVirusScan", "ok"}:               1,
 		{"runAntiVirusScan", "already_scanning"}: 1,
@@ -679,13 +680,13 @@ func TestLocalThrottle(t *testing.T) {
 		d.BreakerFailures = 1
 	})
 	m := windowsMachine(t, e.sim, 0)
-	if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "uses the hour's budget"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "uses the hour's budget"); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		began := time.Now()
-		_, err := e.client.RunAntiVirusScan(ctx, m.ID, Quick, "throttled")
+		_, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "throttled")
 		elapsed := time.Since(began)
 		cancel()
 		ee := wantKind(t, err, Throttled)
@@ -723,7 +724,7 @@ func TestLocalThrottle(t *testing.T) {
 	// A cancellation is not a throttle.
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
-	_, err = e.client.RunAntiVirusScan(cctx, m.ID, Quick, "canceled")
+	_, err = e.client.RunAntiVirusScan(cctx, m.ID, domain.ScanQuick, "canceled")
 	if ee := wantKind(t, err, Canceled); !ee.NotSent || ee.Local {
 		t.Errorf("canceled in the limiter: not sent %v, local %v", ee.NotSent, ee.Local)
 	}
@@ -739,7 +740,7 @@ func TestNothingCreated(t *testing.T) {
 		addr := ln.Addr().String()
 		ln.Close()
 		e := newEnv(t, defendersim.Options{}, func(c *Config, _ *Deps) { c.APIURL = "https://" + addr })
-		_, err = e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "refused")
+		_, err = e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, domain.ScanQuick, "refused")
 		ee := wantKind(t, err, Network)
 		if !ee.NotSent || !NothingCreated(err) {
 			t.Errorf("refused connection: not sent %v, nothing created %v (%v)", ee.NotSent, NothingCreated(err), err)
@@ -748,10 +749,10 @@ func TestNothingCreated(t *testing.T) {
 	t.Run("429", func(t *testing.T) {
 		e := newEnv(t, defendersim.Options{RateLimit: defendersim.RateLimit{PerMinute: 1}}, nil)
 		m := windowsMachine(t, e.sim, 0)
-		if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "budget"); err != nil {
+		if _, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "budget"); err != nil {
 			t.Fatal(err)
 		}
-		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "429")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "429")
 		ee := wantKind(t, err, Throttled)
 		if ee.Local || ee.NotSent || !NothingCreated(err) || IsLocalThrottle(err) {
 			t.Errorf("429: local %v, not sent %v, nothing created %v", ee.Local, ee.NotSent, NothingCreated(err))
@@ -760,7 +761,7 @@ func TestNothingCreated(t *testing.T) {
 	t.Run("503", func(t *testing.T) {
 		e := newEnv(t, defendersim.Options{}, nil)
 		e.sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
-		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "503")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, domain.ScanQuick, "503")
 		ee := wantKind(t, err, Server)
 		if ee.NotSent || !NothingCreated(err) {
 			t.Errorf("503: not sent %v, nothing created %v", ee.NotSent, NothingCreated(err))
@@ -774,7 +775,7 @@ func TestNothingCreated(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.sim.SetFaults(defendersim.Faults{Latency: 2 * time.Second})
-		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, Quick, "slow")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), m.ID, domain.ScanQuick, "slow")
 		ee := wantKind(t, err, Timeout)
 		if ee.NotSent || NothingCreated(err) {
 			t.Errorf("timeout: not sent %v, nothing created %v", ee.NotSent, NothingCreated(err))
@@ -783,14 +784,14 @@ func TestNothingCreated(t *testing.T) {
 	t.Run("connection reset", func(t *testing.T) {
 		e := newEnv(t, defendersim.Options{}, nil)
 		e.sim.SetFaults(defendersim.Faults{ResetRate: 1})
-		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, Quick, "reset")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), windowsMachine(t, e.sim, 0).ID, domain.ScanQuick, "reset")
 		if err == nil || NothingCreated(err) {
 			t.Errorf("reset: nothing created %v (%v)", NothingCreated(err), err)
 		}
 	})
 	t.Run("invalid input", func(t *testing.T) {
 		e := newEnv(t, defendersim.Options{}, nil)
-		_, err := e.client.RunAntiVirusScan(ctxT(t), "not-a-machine", Quick, "x")
+		_, err := e.client.RunAntiVirusScan(ctxT(t), "not-a-machine", domain.ScanQuick, "x")
 		if !NothingCreated(err) {
 			t.Errorf("invalid input: nothing created false (%v)", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/defendersim/simtest"
 )
 
 func TestCloudSettings(t *testing.T) {
@@ -106,7 +107,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestCredentialFromConfig(t *testing.T) {
-	sim := defendersim.StartTest(t, defendersim.Options{})
+	sim := simtest.Start(t, defendersim.Options{})
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "secret")
 	if err := os.WriteFile(secretFile, []byte(defendersim.DefaultClientSecret+"\n"), 0o600); err != nil {

@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/defendersim/simtest"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func TestParseErrorBody(t *testing.T) {
@@ -175,8 +177,8 @@ func TestMachineActionDecoding(t *testing.T) {
 		t.Errorf("round trip %s: %+v %v", b, back, err)
 	}
 	for s, final := range map[string]bool{"Pending": false, "InProgress": false, "Succeeded": true, "Failed": true, "TimeOut": true, "Cancelled": true, "": false} {
-		if FinalStatus(s) != final {
-			t.Errorf("FinalStatus(%q)", s)
+		if domain.ActionFinal(s) != final {
+			t.Errorf("domain.ActionFinal(%q)", s)
 		}
 	}
 }
@@ -242,8 +244,8 @@ func TestValidators(t *testing.T) {
 // A token the API did not issue: the API answers 401, the client reports
 // Unauthorized and counts it against the breaker.
 func TestAPIUnauthorized(t *testing.T) {
-	issuer := defendersim.StartTest(t, defendersim.Options{})
-	api := defendersim.StartTest(t, defendersim.Options{})
+	issuer := simtest.Start(t, defendersim.Options{})
+	api := simtest.Start(t, defendersim.Options{})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(issuer.CACertPEM())
 	pool.AppendCertsFromPEM(api.CACertPEM())

@@ -3,12 +3,14 @@ package defender
 import (
 	"context"
 	"crypto/tls"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/defendersim/simtest"
+	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -70,7 +72,7 @@ func newEnv(t testing.TB, opts defendersim.Options, tweak func(*Config, *Deps)) 
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	sim := defendersim.StartTest(t, opts)
+	sim := simtest.Start(t, opts)
 	e := &env{sim: sim, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	cfg := simConfig(sim)
 	deps := simDeps(sim, e.reg, e.logs)

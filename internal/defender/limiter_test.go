@@ -12,6 +12,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 type fakeClock struct {
@@ -305,7 +306,7 @@ func TestRateLimitHoldsUnder500ConcurrentCalls(t *testing.T) {
 func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 	ctx := ctxT(t)
 	machines := e.sim.Machines()
-	first, err := e.client.RunAntiVirusScan(ctx, machines[0].ID, Quick, "seed")
+	first, err := e.client.RunAntiVirusScan(ctx, machines[0].ID, domain.ScanQuick, "seed")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +318,7 @@ func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 			var err error
 			switch i % 3 {
 			case 0:
-				_, err = e.client.RunAntiVirusScan(ctx, m.ID, Quick, "storm")
+				_, err = e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "storm")
 				if KindOf(err) == AlreadyScanning {
 					err = nil
 				}

@@ -4,38 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
-)
 
-// ScanType is the antivirus scan Defender runs.
-type ScanType string
-
-// The two scan types runAntiVirusScan accepts.
-const (
-	Quick ScanType = "Quick"
-	Full  ScanType = "Full"
-)
-
-// ParseScanType accepts Quick or Full in any letter case.
-func ParseScanType(s string) (ScanType, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "quick":
-		return Quick, nil
-	case "full":
-		return Full, nil
-	}
-	return "", fmt.Errorf("scan type %q: want Quick or Full", s)
-}
-
-// Machine action statuses. The last four are final.
-const (
-	StatusPending    = "Pending"
-	StatusInProgress = "InProgress"
-	StatusSucceeded  = "Succeeded"
-	StatusFailed     = "Failed"
-	StatusTimeOut    = "TimeOut"
-	StatusCancelled  = "Cancelled"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // ActionTypeRunAntiVirusScan is the MachineAction type of a scan.
@@ -65,16 +36,7 @@ type MachineAction struct {
 }
 
 // Final reports whether the action's status can no longer change.
-func (a *MachineAction) Final() bool { return FinalStatus(a.Status) }
-
-// FinalStatus reports whether a machine action status is final.
-func FinalStatus(s string) bool {
-	switch s {
-	case StatusSucceeded, StatusFailed, StatusTimeOut, StatusCancelled:
-		return true
-	}
-	return false
-}
+func (a *MachineAction) Final() bool { return domain.ActionFinal(a.Status) }
 
 // UnmarshalJSON accepts both spellings of the update time
 // (lastUpdateDateTimeUtc, lastUpdateTimeUtc), null for any field, and

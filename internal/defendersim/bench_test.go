@@ -14,7 +14,7 @@ import (
 // its TLS listener (rate limits off), so benchmarks of the client can tell
 // how much of their time is the fake.
 func BenchmarkAPIOverTLS(b *testing.B) {
-	s := StartTest(b, Options{RateLimit: RateLimit{Disabled: true}, GenerateMachines: 500, PendingFor: time.Millisecond, InProgressFor: time.Millisecond})
+	s := startTest(b, Options{RateLimit: RateLimit{Disabled: true}, GenerateMachines: 500, PendingFor: time.Millisecond, InProgressFor: time.Millisecond})
 	tok := tokenFor(b, s)
 	ms := s.Machines()
 	hc := s.Client()

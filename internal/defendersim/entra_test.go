@@ -38,7 +38,7 @@ func clientOptions(s *Server) azcore.ClientOptions {
 // TestAzidentityClientSecret drives the real azidentity credential against
 // the simulator over TLS and uses its token on the API.
 func TestAzidentityClientSecret(t *testing.T) {
-	s := StartTest(t, Options{})
+	s := startTest(t, Options{})
 	cred, err := azidentity.NewClientSecretCredential(DefaultTenantID, DefaultClientID, DefaultClientSecret,
 		&azidentity.ClientSecretCredentialOptions{ClientOptions: clientOptions(s), DisableInstanceDiscovery: true})
 	if err != nil {
@@ -82,7 +82,7 @@ func TestAzidentityClientSecret(t *testing.T) {
 }
 
 func TestAzidentityRejections(t *testing.T) {
-	s := StartTest(t, Options{})
+	s := startTest(t, Options{})
 	cases := []struct {
 		name, tenant, client, secret, scope, wantErr string
 	}{
@@ -128,7 +128,7 @@ func selfSignedRSA(t *testing.T) (*x509.Certificate, *rsa.PrivateKey) {
 func TestAzidentityClientCertificate(t *testing.T) {
 	cert, key := selfSignedRSA(t)
 	other, otherKey := selfSignedRSA(t)
-	s := StartTest(t, Options{ClientCertificate: cert})
+	s := startTest(t, Options{ClientCertificate: cert})
 	for _, c := range []struct {
 		name string
 		cert *x509.Certificate
@@ -153,7 +153,7 @@ func TestAzidentityClientCertificate(t *testing.T) {
 }
 
 func TestOpenIDConfigIssuerOnSameHost(t *testing.T) {
-	s := StartTest(t, Options{})
+	s := startTest(t, Options{})
 	resp, err := s.Client().Get(s.URL() + "/" + DefaultTenantID + "/v2.0/.well-known/openid-configuration")
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +187,7 @@ func TestAzidentityWorkloadIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, accept := range []bool{true, false} {
-		s := StartTest(t, Options{AcceptAnyAssertion: accept})
+		s := startTest(t, Options{AcceptAnyAssertion: accept})
 		cred, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
 			ClientOptions: clientOptions(s), DisableInstanceDiscovery: true,
 			TenantID: DefaultTenantID, ClientID: DefaultClientID, TokenFilePath: tokenFile,

@@ -93,7 +93,7 @@ func TestFaults(t *testing.T) {
 }
 
 func TestResetOverTLSAndHTTP2(t *testing.T) {
-	s := StartTest(t, Options{})
+	s := startTest(t, Options{})
 	s.SetFaults(Faults{ResetRate: 1})
 	tok := tokenFor(t, s)
 	for _, h2 := range []bool{false, true} {

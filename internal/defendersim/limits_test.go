@@ -121,7 +121,7 @@ func TestConcurrentClientsNeverExceedWindows(t *testing.T) {
 	const perMin, perHour = 10, 30
 	minute, hour := 200*time.Millisecond, time.Second
 	clk := &tickClock{start: time.Now()}
-	s := StartTest(t, Options{PendingFor: time.Hour, MaxRecordedRequests: 1 << 20, Now: clk.Now,
+	s := startTest(t, Options{PendingFor: time.Hour, MaxRecordedRequests: 1 << 20, Now: clk.Now,
 		RateLimit: RateLimit{PerMinute: perMin, PerHour: perHour, Minute: minute, Hour: hour}})
 	tok := tokenFor(t, s)
 	machines := s.Machines()

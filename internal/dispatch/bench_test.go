@@ -8,6 +8,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -29,7 +30,7 @@ func BenchmarkDispatch(b *testing.B) {
 				id := fmt.Sprintf("bench-%d", i)
 				d.Alerts = append(d.Alerts, store.AlertInput{
 					Alert:     alert.Alert{ID: id, Source: "generic", Devices: []alert.Device{dev}},
-					Decisions: []store.DecisionInput{{Device: &dev, Rule: "bench", Scan: store.ScanQuick, Comment: "bench " + id}},
+					Decisions: []store.DecisionInput{{Device: &dev, Rule: "bench", Scan: domain.ScanQuick, Comment: "bench " + id}},
 				})
 			}
 			ctx := context.Background()
@@ -45,10 +46,10 @@ func BenchmarkDispatch(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if st.JobsByState[store.JobSubmitted] == int64(b.N) {
+				if st.JobsByState[domain.JobSubmitted] == int64(b.N) {
 					break
 				}
-				if st.JobsByState[store.JobDead] > 0 {
+				if st.JobsByState[domain.JobDead] > 0 {
 					b.Fatalf("dead jobs: %v", st.JobsByState)
 				}
 				time.Sleep(2 * time.Millisecond)

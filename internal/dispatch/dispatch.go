@@ -44,7 +44,7 @@ type Store interface {
 
 // Defender is what the dispatcher uses of the Defender client.
 type Defender interface {
-	RunAntiVirusScan(ctx context.Context, machineID string, scanType defender.ScanType, comment string) (*defender.MachineAction, error)
+	RunAntiVirusScan(ctx context.Context, machineID string, scanType string, comment string) (*defender.MachineAction, error)
 	FindMachineByComputerName(ctx context.Context, name string) (*defender.Machine, error)
 	FindMachineByAADDeviceID(ctx context.Context, id string) (*defender.Machine, error)
 	ListActions(ctx context.Context, filter defender.ActionFilter) ([]defender.MachineAction, error)

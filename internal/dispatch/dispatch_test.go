@@ -13,21 +13,22 @@ import (
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
 func TestSubmitAndFollowToSucceeded(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	m := machine(t, e.sim, 0)
-	receipt, jobID := e.queue(t, alert.Device{ID: m.ID}, store.ScanFull)
+	receipt, jobID := e.queue(t, alert.Device{ID: m.ID}, domain.ScanFull)
 	d := e.dispatcher(t, Options{})
 	stop := start(t, d)
 
-	e.waitJob(t, receipt, store.JobSubmitted)
+	e.waitJob(t, receipt, domain.JobSubmitted)
 	// Followed until final by the poller.
 	waitFor(t, 10*time.Second, func() bool {
 		_, acts := e.job(t, receipt)
-		return len(acts) == 1 && acts[0].Status == store.ActionSucceeded
+		return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
 	}, func() string { _, a := e.job(t, receipt); return "action not Succeeded: " + actionStatuses(a) })
 	reqs := scanRequests(e.sim)
 	// A final action is polled no more.
@@ -97,10 +98,10 @@ func TestResolveByDNSName(t *testing.T) {
 				m = ms[3]
 			}
 			name := tc.dns(m)
-			receipt, _ := e.queue(t, alert.Device{DNSName: name}, store.ScanQuick)
+			receipt, _ := e.queue(t, alert.Device{DNSName: name}, domain.ScanQuick)
 			d := e.dispatcher(t, Options{})
 			start(t, d)
-			j := e.waitJob(t, receipt, store.JobSubmitted)
+			j := e.waitJob(t, receipt, domain.JobSubmitted)
 			if j.MachineID != m.ID {
 				t.Fatalf("machine id = %q, want %q", j.MachineID, m.ID)
 			}
@@ -116,11 +117,11 @@ func TestResolveByDNSName(t *testing.T) {
 			// resolved from the cache.
 			waitFor(t, 10*time.Second, func() bool {
 				_, acts := e.job(t, receipt)
-				return len(acts) == 1 && acts[0].Status == store.ActionSucceeded
+				return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
 			}, func() string { return "first action not final" })
-			receipt2, _ := e.queue(t, alert.Device{DNSName: name}, store.ScanQuick)
+			receipt2, _ := e.queue(t, alert.Device{DNSName: name}, domain.ScanQuick)
 			d.Kick()
-			j2 := e.waitJob(t, receipt2, store.JobSubmitted)
+			j2 := e.waitJob(t, receipt2, domain.JobSubmitted)
 			if j2.MachineID != m.ID {
 				t.Fatalf("second job machine id = %q, want %q", j2.MachineID, m.ID)
 			}
@@ -159,9 +160,9 @@ func TestPermanentFailuresAreDead(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{sim: tc.sim})
-			receipt, _ := e.queue(t, tc.dev, store.ScanQuick)
+			receipt, _ := e.queue(t, tc.dev, domain.ScanQuick)
 			start(t, e.dispatcher(t, Options{}))
-			j := e.waitJob(t, receipt, store.JobDead)
+			j := e.waitJob(t, receipt, domain.JobDead)
 			for _, w := range tc.wantErr {
 				if !strings.Contains(j.LastError, w) {
 					t.Errorf("last error %q does not contain %q", j.LastError, w)
@@ -185,12 +186,12 @@ func TestNegativeCache(t *testing.T) {
 	for _, name := range []string{"ghost.contoso.com", "GHOST.contoso.com", "Ghost.Contoso.com."} {
 		// Different device keys, one name once letter case and the
 		// trailing dot are set aside: all three are queued.
-		r, _ := e.queue(t, alert.Device{DNSName: name}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{DNSName: name}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	start(t, e.dispatcher(t, Options{Workers: 1}))
 	for _, r := range receipts {
-		e.waitJob(t, r, store.JobDead)
+		e.waitJob(t, r, domain.JobDead)
 	}
 	if n := len(apiRequests(e.sim, http.MethodGet, "/api/machines")); n != 1 {
 		t.Errorf("machine lookups = %d, want 1", n)
@@ -210,13 +211,13 @@ func TestAlreadyScanning(t *testing.T) {
 			e := newEnv(t, envOpts{sim: defendersim.Options{DuplicateScan: tc.mode, PendingFor: time.Hour}})
 			m := machine(t, e.sim, 1)
 			// Someone else's scan is pending on the machine.
-			other, err := e.client.RunAntiVirusScan(context.Background(), m.ID, defender.Quick, "scan by the SOC")
+			other, err := e.client.RunAntiVirusScan(context.Background(), m.ID, domain.ScanQuick, "scan by the SOC")
 			if err != nil {
 				t.Fatalf("RunAntiVirusScan: %v", err)
 			}
-			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanFull)
+			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanFull)
 			start(t, e.dispatcher(t, Options{}))
-			j := e.waitJob(t, receipt, store.JobAlreadyScanning)
+			j := e.waitJob(t, receipt, domain.JobAlreadyScanning)
 			if !strings.Contains(j.LastError, "already scanning") {
 				t.Errorf("reason %q does not say already scanning", j.LastError)
 			}
@@ -253,7 +254,7 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 			e.sim.SetFaults(tc.faults)
 			cs := &countingStore{}
 			e.wrap = func(s Store) Store { cs.Store = s; return cs }
-			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 			base, maxDelay := 20*time.Millisecond, 80*time.Millisecond
 			start(t, e.dispatcher(t, Options{BackoffBase: base, BackoffMax: maxDelay, MaxAttempts: 50}))
 
@@ -262,7 +263,7 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 				return j.Attempts >= 4
 			}, func() string { return "fewer than 4 attempts" })
 			e.sim.SetFaults(defendersim.Faults{})
-			j := e.waitJob(t, receipt, store.JobSubmitted)
+			j := e.waitJob(t, receipt, domain.JobSubmitted)
 
 			if n := len(simActionsOn(e.sim, m.ID)); n != 1 {
 				t.Fatalf("sim actions = %d, want exactly 1", n)
@@ -304,13 +305,13 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 	e := newEnv(t, envOpts{clock: clock, sim: defendersim.Options{RateLimit: defendersim.RateLimit{PerMinute: 1}}})
 	a, b := machine(t, e.sim, 0), machine(t, e.sim, 1)
 	// Use up the scan budget of the minute.
-	if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, defender.Quick, "budget"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, domain.ScanQuick, "budget"); err != nil {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
-	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, domain.ScanQuick)
 	start(t, e.dispatcher(t, Options{BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}))
 
-	j := e.waitJob(t, receipt, store.JobRetry)
+	j := e.waitJob(t, receipt, domain.JobRetry)
 	if !strings.Contains(j.LastError, "throttled") || !strings.Contains(j.LastError, "HTTP 429") {
 		t.Fatalf("last error %q, want a 429", j.LastError)
 	}
@@ -329,7 +330,7 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 		t.Fatalf("scan requests = %d a second before Retry-After ends, want 2", n)
 	}
 	clock.Advance(2 * time.Second)
-	j = e.waitJob(t, receipt, store.JobSubmitted)
+	j = e.waitJob(t, receipt, domain.JobSubmitted)
 	if j.Attempts != 2 {
 		t.Errorf("attempts = %d, want 2", j.Attempts)
 	}
@@ -343,9 +344,9 @@ func TestGivingUp(t *testing.T) {
 		e := newEnv(t, envOpts{sim: defendersim.Options{Seed: 3}})
 		m := machine(t, e.sim, 0)
 		e.sim.SetFaults(defendersim.Faults{ErrorRate: 1})
-		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		stop := start(t, e.dispatcher(t, Options{MaxAttempts: 3}))
-		j := e.waitJob(t, receipt, store.JobDead)
+		j := e.waitJob(t, receipt, domain.JobDead)
 		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
@@ -369,9 +370,9 @@ func TestGivingUp(t *testing.T) {
 			}
 		}})
 		m := machine(t, e.sim, 0)
-		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 2}))
-		j := e.waitJob(t, receipt, store.JobDead)
+		j := e.waitJob(t, receipt, domain.JobDead)
 		if j.Attempts != 2 || !strings.Contains(j.LastError, "gave up after 2 attempts") || !strings.Contains(j.LastError, "unauthorized") {
 			t.Errorf("attempts %d, last error %q", j.Attempts, j.LastError)
 		}
@@ -383,10 +384,10 @@ func TestGivingUp(t *testing.T) {
 		clock := newFakeClock()
 		e := newEnv(t, envOpts{clock: clock})
 		m := machine(t, e.sim, 0)
-		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		clock.Advance(2 * time.Hour)
 		start(t, e.dispatcher(t, Options{MaxAge: time.Hour}))
-		j := e.waitJob(t, receipt, store.JobDead)
+		j := e.waitJob(t, receipt, domain.JobDead)
 		if !strings.Contains(j.LastError, "past max_age 1h0m0s") {
 			t.Errorf("last error = %q", j.LastError)
 		}
@@ -412,7 +413,7 @@ func TestCrashRecovery(t *testing.T) {
 			clock := newFakeClock()
 			e := newEnv(t, envOpts{clock: clock, sim: defendersim.Options{PendingFor: time.Hour}})
 			m := machine(t, e.sim, 4)
-			receipt, jobID := e.queue(t, alert.Device{ID: m.ID}, store.ScanFull)
+			receipt, jobID := e.queue(t, alert.Device{ID: m.ID}, domain.ScanFull)
 			ctx := context.Background()
 
 			// The crashed process: claimed, marked calling, maybe called.
@@ -425,7 +426,7 @@ func TestCrashRecovery(t *testing.T) {
 			}
 			var first *defender.MachineAction
 			if tc.reached {
-				first, err = e.client.RunAntiVirusScan(ctx, m.ID, defender.Full, jobs[0].Comment)
+				first, err = e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanFull, jobs[0].Comment)
 				if err != nil {
 					t.Fatalf("RunAntiVirusScan: %v", err)
 				}
@@ -433,7 +434,7 @@ func TestCrashRecovery(t *testing.T) {
 			clock.Advance(2 * time.Minute) // the lease runs out
 
 			start(t, e.dispatcher(t, Options{}))
-			j := e.waitJob(t, receipt, store.JobSubmitted)
+			j := e.waitJob(t, receipt, domain.JobSubmitted)
 			acts := simActionsOn(e.sim, m.ID)
 			if len(acts) != 1 {
 				t.Fatalf("sim actions = %d, want exactly 1", len(acts))
@@ -477,7 +478,7 @@ func TestGracefulStop(t *testing.T) {
 			e := newEnv(t, envOpts{})
 			var receipts []string
 			for i := range 2 {
-				r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+				r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 				receipts = append(receipts, r)
 			}
 			e.sim.SetFaults(defendersim.Faults{Latency: tc.latency})
@@ -485,7 +486,7 @@ func TestGracefulStop(t *testing.T) {
 			stop := start(t, d)
 			waitFor(t, 10*time.Second, func() bool {
 				st, err := e.st.Stats(context.Background())
-				return err == nil && st.JobsByState[store.JobCalling] == 2
+				return err == nil && st.JobsByState[domain.JobCalling] == 2
 			}, func() string { return "jobs not calling" })
 			began := time.Now()
 			if err := stop(); err != nil {
@@ -498,11 +499,11 @@ func TestGracefulStop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.JobsByState[store.JobLeased]+st.JobsByState[store.JobCalling] != 0 {
+			if st.JobsByState[domain.JobLeased]+st.JobsByState[domain.JobCalling] != 0 {
 				t.Fatalf("jobs still held after stop: %v", st.JobsByState)
 			}
 			if tc.wantSubmitted {
-				if st.JobsByState[store.JobSubmitted] != 2 {
+				if st.JobsByState[domain.JobSubmitted] != 2 {
 					t.Fatalf("jobs by state %v, want 2 submitted", st.JobsByState)
 				}
 				return
@@ -517,7 +518,7 @@ func TestGracefulStop(t *testing.T) {
 			d2 := e.dispatcher(t, Options{Owner: "second"})
 			start(t, d2)
 			for _, r := range receipts {
-				e.waitJob(t, r, store.JobSubmitted)
+				e.waitJob(t, r, domain.JobSubmitted)
 			}
 			if n := len(e.sim.Actions()); n != 2 {
 				t.Errorf("sim actions = %d, want 2", n)
@@ -531,11 +532,11 @@ func TestPollingBatchesManyActions(t *testing.T) {
 	const n = 20
 	var receipts []string
 	for i := range n {
-		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	// A submitted job with an action Defender does not know.
-	r, jobID := e.queue(t, alert.Device{ID: machine(t, e.sim, n).ID}, store.ScanQuick)
+	r, jobID := e.queue(t, alert.Device{ID: machine(t, e.sim, n).ID}, domain.ScanQuick)
 	ctx := context.Background()
 	if _, err := e.st.ClaimJobs(ctx, "other", 100, time.Minute); err != nil {
 		t.Fatal(err)
@@ -543,7 +544,7 @@ func TestPollingBatchesManyActions(t *testing.T) {
 	// Hand the others back; keep the one job to complete by hand.
 	const ghost = "0badc0de-0000-4000-8000-000000000000"
 	if err := e.st.CompleteJob(ctx, store.JobResult{JobID: jobID, Owner: "other", Outcome: store.OutcomeSubmitted,
-		MachineID: machine(t, e.sim, n).ID, ActionID: ghost, ActionStatus: store.ActionPending}); err != nil {
+		MachineID: machine(t, e.sim, n).ID, ActionID: ghost, ActionStatus: domain.ActionPending}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.st.ReleaseJobs(ctx, "other"); err != nil {
@@ -553,7 +554,7 @@ func TestPollingBatchesManyActions(t *testing.T) {
 	d := e.dispatcher(t, Options{PollInterval: time.Hour, Workers: 8})
 	stop := start(t, d)
 	for _, r := range receipts {
-		e.waitJob(t, r, store.JobSubmitted)
+		e.waitJob(t, r, domain.JobSubmitted)
 	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -576,13 +577,13 @@ func TestPollingBatchesManyActions(t *testing.T) {
 		t.Errorf("ids in the one request = %d, want %d (%s)", got, n+1, lists[0].RawQuery)
 	}
 	for _, r := range receipts {
-		if _, acts := e.job(t, r); len(acts) != 1 || acts[0].Status != store.ActionInProgress {
+		if _, acts := e.job(t, r); len(acts) != 1 || acts[0].Status != domain.ActionInProgress {
 			t.Fatalf("action after poll: %s, want InProgress", actionStatuses(acts))
 		}
 	}
 	// The unknown action keeps its status but goes to the back of the
 	// polling order.
-	if _, acts := e.job(t, r); len(acts) != 1 || acts[0].Status != store.ActionPending || acts[0].LastPolledAt.IsZero() {
+	if _, acts := e.job(t, r); len(acts) != 1 || acts[0].Status != domain.ActionPending || acts[0].LastPolledAt.IsZero() {
 		t.Errorf("unknown action: %+v, want left Pending with a poll time", acts)
 	}
 	if got := counter(t, e.reg, "scanhook_dispatch_poll_batches_total", map[string]string{"result": "ok"}); got != 1 {
@@ -592,11 +593,11 @@ func TestPollingBatchesManyActions(t *testing.T) {
 
 func TestDryRunNeverCallsDefender(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, store.ScanQuick)
-	receipt2, _ := e.queue(t, alert.Device{DNSName: "ws-002.contoso.com"}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
+	receipt2, _ := e.queue(t, alert.Device{DNSName: "ws-002.contoso.com"}, domain.ScanQuick)
 	start(t, e.dispatcher(t, Options{DryRun: true, PollInterval: 10 * time.Millisecond}))
 	for _, r := range []string{receipt, receipt2} {
-		j := e.waitJob(t, r, store.JobDead)
+		j := e.waitJob(t, r, domain.JobDead)
 		if !strings.Contains(j.LastError, "dry run") {
 			t.Errorf("last error %q, want dry run", j.LastError)
 		}
@@ -616,10 +617,10 @@ func TestKickDispatchesAtOnce(t *testing.T) {
 	start(t, d)
 	waitFor(t, 5*time.Second, func() bool { return cs.claims.Load() >= 1 }, func() string { return "no first claim" })
 	time.Sleep(20 * time.Millisecond) // the first claim has returned and the loop waits
-	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
 	d.Kick()
 	d.Kick() // never blocks
-	e.waitJob(t, receipt, store.JobSubmitted)
+	e.waitJob(t, receipt, domain.JobSubmitted)
 	if n := cs.claims.Load(); n < 2 {
 		t.Errorf("claims = %d, want a second one after the kick", n)
 	}
@@ -628,7 +629,7 @@ func TestKickDispatchesAtOnce(t *testing.T) {
 func TestQueueGauges(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	for i := range 3 {
-		e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 	}
 	d := e.dispatcher(t, Options{})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -751,7 +752,7 @@ func TestLeaseLostIsDropped(t *testing.T) {
 	clock := newFakeClock()
 	e := newEnv(t, envOpts{clock: clock})
 	m := machine(t, e.sim, 0)
-	receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 	// The call is slow enough for the lease to be taken over meanwhile.
 	e.sim.SetFaults(defendersim.Faults{Latency: 2 * time.Second})
 	// One worker, busy with the job: our own claim loop cannot take the
@@ -759,7 +760,7 @@ func TestLeaseLostIsDropped(t *testing.T) {
 	start(t, e.dispatcher(t, Options{Lease: time.Minute, Workers: 1}))
 	waitFor(t, 10*time.Second, func() bool {
 		j, _ := e.job(t, receipt)
-		return j.State == store.JobCalling
+		return j.State == domain.JobCalling
 	}, func() string { return "job not calling" })
 	clock.Advance(2 * time.Minute)
 	jobs, err := e.st.ClaimJobs(context.Background(), "thief", 10, time.Hour)
@@ -770,7 +771,7 @@ func TestLeaseLostIsDropped(t *testing.T) {
 		return counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": "lease_lost"}) == 1
 	}, func() string { return "lease loss not counted" })
 	j, _ := e.job(t, receipt)
-	if j.State != store.JobLeased {
+	if j.State != domain.JobLeased {
 		t.Errorf("job state %s, want still leased by the thief", j.State)
 	}
 	if !strings.Contains(e.logs.String(), `"outcome":"lease_lost"`) {
@@ -787,7 +788,7 @@ func TestTwoDispatchersShareTheQueue(t *testing.T) {
 	const n = 12
 	var receipts []string
 	for i := range n {
-		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	e.sim.SetFaults(defendersim.Faults{ErrorRate: 0.25, ResetRate: 0.05})
@@ -796,7 +797,7 @@ func TestTwoDispatchersShareTheQueue(t *testing.T) {
 	e.reg = prometheus.NewRegistry()
 	stopB := start(t, e.dispatcher(t, Options{Owner: "b", Workers: 3, MaxAttempts: 100}))
 	for _, r := range receipts {
-		e.waitJob(t, r, store.JobSubmitted)
+		e.waitJob(t, r, domain.JobSubmitted)
 	}
 	if err := stopA(); err != nil {
 		t.Fatal(err)
@@ -832,12 +833,12 @@ func TestBreakerOpenWaitsForIt(t *testing.T) {
 		},
 	})
 	e.sim.SetFaults(defendersim.Faults{ErrorRate: 1})
-	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
 	start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
 	var j store.JobDetail
 	waitFor(t, 10*time.Second, func() bool {
 		j, _ = e.job(t, receipt)
-		return j.State == store.JobRetry && strings.Contains(j.LastError, "circuit breaker")
+		return j.State == domain.JobRetry && strings.Contains(j.LastError, "circuit breaker")
 	}, func() string { return "no breaker error recorded: " + j.LastError })
 	attempts := j.Attempts
 	// Scan (500 or 503, trips the scan breaker); after a 500, which may

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -14,6 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/defendersim/simtest"
+	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -70,7 +72,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.sim.InProgressFor == 0 {
 		o.sim.InProgressFor = 50 * time.Millisecond
 	}
-	sim := defendersim.StartTest(t, o.sim)
+	sim := simtest.Start(t, o.sim)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: sim.CertPool(), MinVersion: tls.VersionTLS12}
 	tr.MaxIdleConnsPerHost = 64

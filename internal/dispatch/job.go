@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -144,7 +145,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
 	a = attempt{res: store.JobResult{JobID: j.ID, Owner: d.opts.Owner}}
 	settled := !j.Calling
 	defer func() { a.res.NothingCreated = settled }()
-	scanType, err := defender.ParseScanType(j.Scan)
+	scanType, err := domain.ParseScanType(j.Scan)
 	if err != nil {
 		return d.dead(a, fmt.Errorf("job %d: %w", j.ID, err))
 	}

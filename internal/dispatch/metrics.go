@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -29,8 +30,8 @@ type metrics struct {
 
 // jobStates are exported even when zero, so that dashboards see a 0
 // rather than no series.
-var jobStates = []string{store.JobQueued, store.JobLeased, store.JobCalling, store.JobRetry,
-	store.JobSubmitted, store.JobAlreadyScanning, store.JobDead, store.JobWaiting}
+var jobStates = []string{domain.JobQueued, domain.JobLeased, domain.JobCalling, domain.JobRetry,
+	domain.JobSubmitted, domain.JobAlreadyScanning, domain.JobDead, domain.JobWaiting}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{

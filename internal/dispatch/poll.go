@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -95,8 +96,8 @@ func (d *Dispatcher) pollOnce(ctx context.Context) (int, error) {
 // statusLabel bounds the label values to the documented statuses.
 func statusLabel(s string) string {
 	switch s {
-	case defender.StatusPending, defender.StatusInProgress, defender.StatusSucceeded,
-		defender.StatusFailed, defender.StatusTimeOut, defender.StatusCancelled:
+	case domain.ActionPending, domain.ActionInProgress, domain.ActionSucceeded,
+		domain.ActionFailed, domain.ActionTimeOut, domain.ActionCancelled:
 		return s
 	}
 	return "other"

@@ -10,7 +10,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
-	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // TestPollTurnGatesPolling checks that with several replicas only the one
@@ -38,12 +38,12 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	}
 	var receipts []string
 	for i := range 3 {
-		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	stop := start(t, e.dispatcher(t, Options{PollInterval: 20 * time.Millisecond}))
 	for _, r := range receipts {
-		e.waitJob(t, r, store.JobSubmitted)
+		e.waitJob(t, r, domain.JobSubmitted)
 	}
 	polls := func() int { return len(apiRequests(e.sim, http.MethodGet, "/api/machineactions")) }
 

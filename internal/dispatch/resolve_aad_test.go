@@ -11,6 +11,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -192,10 +193,10 @@ func TestResolveByAADAndComputerName(t *testing.T) {
 			e := newEnv(t, envOpts{sim: defendersim.Options{Machines: machines}})
 			d := e.dispatcher(t, Options{Workers: 1})
 			start(t, d)
-			receipt, _ := e.queue(t, tc.dev, store.ScanQuick)
-			state := store.JobSubmitted
+			receipt, _ := e.queue(t, tc.dev, domain.ScanQuick)
+			state := domain.JobSubmitted
 			if tc.want == "" {
-				state = store.JobDead
+				state = domain.JobDead
 			}
 			j := e.waitJob(t, receipt, state)
 
@@ -214,7 +215,7 @@ func TestResolveByAADAndComputerName(t *testing.T) {
 				// scanned without asking Defender where it is.
 				waitFor(t, 10*time.Second, func() bool {
 					_, acts := e.job(t, receipt)
-					return len(acts) == 1 && acts[0].Status == store.ActionSucceeded
+					return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
 				}, func() string { return "first action not final" })
 			} else {
 				if len(scans) != 0 {
@@ -232,7 +233,7 @@ func TestResolveByAADAndComputerName(t *testing.T) {
 
 			before := resolveCounts(t, e)
 			n := len(lookups(t, e.sim))
-			receipt2, _ := e.queue(t, tc.dev, store.ScanQuick)
+			receipt2, _ := e.queue(t, tc.dev, domain.ScanQuick)
 			d.Kick()
 			j2 := e.waitJob(t, receipt2, state)
 			if j2.MachineID != tc.want {
@@ -297,10 +298,10 @@ func TestResolveStaleAADCacheEntry(t *testing.T) {
 	d := e.dispatcher(t, Options{Workers: 1})
 	stale := strings.Repeat("0", 40)
 	d.res.put(aadCacheKey(ms[1].AADDeviceID), stale)
-	receipt, _ := e.queue(t, alert.Device{AADDeviceID: ms[1].AADDeviceID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{AADDeviceID: ms[1].AADDeviceID}, domain.ScanQuick)
 	start(t, d)
-	j := e.waitJob(t, receipt, store.JobSubmitted, store.JobDead)
-	if j.State != store.JobSubmitted || j.MachineID != ms[1].ID || j.Attempts != 2 {
+	j := e.waitJob(t, receipt, domain.JobSubmitted, domain.JobDead)
+	if j.State != domain.JobSubmitted || j.MachineID != ms[1].ID || j.Attempts != 2 {
 		t.Errorf("job %s on machine %q after %d attempts (%s), want submitted on %s after 2", j.State, j.MachineID, j.Attempts, j.LastError, ms[1].ID)
 	}
 	want := []string{"/api/machines/" + stale + "/runAntiVirusScan", "/api/machines/" + ms[1].ID + "/runAntiVirusScan"}

@@ -12,6 +12,7 @@ import (
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
@@ -50,10 +51,10 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 	}})
 	a, b := machine(t, e.sim, 0), machine(t, e.sim, 1)
 	// The storm has spent the window's scan budget.
-	if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, defender.Quick, "budget"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, domain.ScanQuick, "budget"); err != nil {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
-	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, domain.ScanQuick)
 	const maxAttempts = 2
 	// Lease/2 = 1s bounds each attempt: far less than the window's wait.
 	// NoBudgetWait: claim regardless, as when another replica took the
@@ -66,11 +67,11 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 		waitFor(t, 10*time.Second, func() bool {
 			j, _ = e.job(t, receipt)
 			// Receipt reads the job and its history apart: wait for both.
-			return countOutcome(j, store.OutcomeNotAttempted) == i && j.State != store.JobCalling && j.State != store.JobLeased
+			return countOutcome(j, store.OutcomeNotAttempted) == i && j.State != domain.JobCalling && j.State != domain.JobLeased
 		}, func() string {
 			return "hold-back " + itoa(i) + " not recorded; job " + j.State + ": " + j.LastError
 		})
-		if j.State != store.JobRetry || j.Attempts != 0 {
+		if j.State != domain.JobRetry || j.Attempts != 0 {
 			t.Fatalf("after hold-back %d: state %s, attempts %d, want retry with no attempt counted", i, j.State, j.Attempts)
 		}
 		if !strings.Contains(j.LastError, "local rate limit") {
@@ -88,7 +89,7 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 	}
 	limClock.Advance(5 * time.Minute)
 	clock.Advance(2 * time.Minute)
-	j := e.waitJob(t, receipt, store.JobSubmitted)
+	j := e.waitJob(t, receipt, domain.JobSubmitted)
 	if j.Attempts != 1 {
 		t.Errorf("attempts = %d, want 1 (the hold-backs given back)", j.Attempts)
 	}
@@ -121,21 +122,21 @@ func TestLocalThrottleMaxAge(t *testing.T) {
 		}
 		d.Limiter = lim
 	}})
-	if _, err := e.client.RunAntiVirusScan(context.Background(), machine(t, e.sim, 0).ID, defender.Quick, "budget"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(context.Background(), machine(t, e.sim, 0).ID, domain.ScanQuick, "budget"); err != nil {
 		t.Fatal(err)
 	}
-	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 1).ID}, store.ScanQuick)
+	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 1).ID}, domain.ScanQuick)
 	start(t, e.dispatcher(t, Options{MaxAge: 30 * time.Minute, Lease: 2 * time.Second, NoBudgetWait: true}))
-	e.waitJob(t, receipt, store.JobRetry)
+	e.waitJob(t, receipt, domain.JobRetry)
 	// The hour's wait runs past max_age: the job is not given up at once.
 	clock.Advance(29 * time.Minute)
 	time.Sleep(100 * time.Millisecond)
-	if j := e.mustJob(t, receipt); j.State != store.JobRetry || countOutcome(j, store.OutcomeNotAttempted) != 1 {
+	if j := e.mustJob(t, receipt); j.State != domain.JobRetry || countOutcome(j, store.OutcomeNotAttempted) != 1 {
 		t.Fatalf("a minute before max_age: state %s, history %+v", j.State, j.History)
 	}
 	// At its last moment it is tried once more, held back, and given up.
 	clock.Advance(time.Minute)
-	j := e.waitJob(t, receipt, store.JobDead)
+	j := e.waitJob(t, receipt, domain.JobDead)
 	if !strings.Contains(j.LastError, "max_age") || !strings.Contains(j.LastError, "local rate limit") {
 		t.Errorf("last error = %q", j.LastError)
 	}
@@ -153,17 +154,17 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		clock := newFakeClock()
 		e := newEnv(t, envOpts{clock: clock, sim: defendersim.Options{RateLimit: defendersim.RateLimit{PerMinute: 1}}})
 		a, b := machine(t, e.sim, 0), machine(t, e.sim, 1)
-		if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, defender.Quick, "budget"); err != nil {
+		if _, err := e.client.RunAntiVirusScan(context.Background(), a.ID, domain.ScanQuick, "budget"); err != nil {
 			t.Fatal(err)
 		}
-		receipt, _ := e.queue(t, alert.Device{ID: b.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: b.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{}))
-		j := e.waitJob(t, receipt, store.JobRetry)
+		j := e.waitJob(t, receipt, domain.JobRetry)
 		if !strings.Contains(j.LastError, "HTTP 429") {
 			t.Fatalf("last error %q, want a 429", j.LastError)
 		}
 		clock.Advance(61 * time.Second)
-		j = e.waitJob(t, receipt, store.JobSubmitted)
+		j = e.waitJob(t, receipt, domain.JobSubmitted)
 		if j.Attempts != 2 {
 			t.Errorf("attempts = %d, want 2", j.Attempts)
 		}
@@ -175,13 +176,13 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		e := newEnv(t, envOpts{})
 		m := machine(t, e.sim, 2)
 		e.sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
-		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
 		waitFor(t, 10*time.Second, func() bool {
 			return len(scanRequests(e.sim)) >= 2
 		}, func() string { return "fewer than 2 scan calls" })
 		e.sim.SetFaults(defendersim.Faults{})
-		e.waitJob(t, receipt, store.JobSubmitted)
+		e.waitJob(t, receipt, domain.JobSubmitted)
 		scans := scanRequests(e.sim)
 		if scans[0].Status != http.StatusServiceUnavailable || scans[1].Status != http.StatusServiceUnavailable {
 			t.Fatalf("first scan statuses %d, %d, want 503s", scans[0].Status, scans[1].Status)
@@ -197,14 +198,14 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		e := newEnv(t, envOpts{client: func(c *defender.Config, _ *defender.Deps) { c.Timeout = 300 * time.Millisecond }})
 		m := machine(t, e.sim, 3)
 		e.sim.SetFaults(defendersim.Faults{Latency: 2 * time.Second})
-		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
+		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
-		j := e.waitJob(t, receipt, store.JobRetry)
+		j := e.waitJob(t, receipt, domain.JobRetry)
 		if !strings.Contains(j.LastError, "timeout") {
 			t.Fatalf("last error %q, want a timeout", j.LastError)
 		}
 		e.sim.SetFaults(defendersim.Faults{})
-		j = e.waitJob(t, receipt, store.JobSubmitted)
+		j = e.waitJob(t, receipt, domain.JobSubmitted)
 		lookups := adoptLookups(e.sim)
 		if len(lookups) == 0 {
 			t.Fatal("no adoption look-up after a call that timed out once sent")
@@ -270,12 +271,12 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 		}
 		d.Limiter = lim
 	}})
-	if _, err := e.client.RunAntiVirusScan(context.Background(), machine(t, e.sim, 0).ID, defender.Quick, "budget"); err != nil {
+	if _, err := e.client.RunAntiVirusScan(context.Background(), machine(t, e.sim, 0).ID, domain.ScanQuick, "budget"); err != nil {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
 	var receipts []string
 	for i := 1; i <= 3; i++ {
-		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
@@ -284,7 +285,7 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool {
 		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 2
 	}, func() string { return "the dispatcher never waited for the scan budget" })
-	if states, holdBacks := countStates(); states[store.JobQueued] != 3 || holdBacks != 0 {
+	if states, holdBacks := countStates(); states[domain.JobQueued] != 3 || holdBacks != 0 {
 		t.Fatalf("with the budget spent: states %v, hold-backs %d; want 3 queued, none held back", states, holdBacks)
 	}
 
@@ -293,11 +294,11 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 		limClock.Advance(window + time.Second)
 		waitFor(t, 10*time.Second, func() bool {
 			states, _ := countStates()
-			return states[store.JobSubmitted] == round && states[store.JobCalling] == 0 && states[store.JobLeased] == 0
+			return states[domain.JobSubmitted] == round && states[domain.JobCalling] == 0 && states[domain.JobLeased] == 0
 		}, func() string { states, _ := countStates(); return fmt.Sprintf("round %d: states %v", round, states) })
 		// Give a dispatcher that claimed more than the room time to show it.
 		time.Sleep(200 * time.Millisecond)
-		if states, holdBacks := countStates(); states[store.JobSubmitted] != round || states[store.JobQueued] != 3-round || holdBacks != 0 {
+		if states, holdBacks := countStates(); states[domain.JobSubmitted] != round || states[domain.JobQueued] != 3-round || holdBacks != 0 {
 			t.Fatalf("round %d: states %v, hold-backs %d; want %d submitted, the rest queued, none held back", round, states, holdBacks, round)
 		}
 	}
@@ -323,21 +324,21 @@ func TestClaimsNoMoreThanTheRoom(t *testing.T) {
 	}})
 	var receipts []string
 	for i := range 5 {
-		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, store.ScanQuick)
+		r, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, i).ID}, domain.ScanQuick)
 		receipts = append(receipts, r)
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 	count := func() (map[string]int, int) { return e.jobStates(t, receipts) }
 	waitFor(t, 10*time.Second, func() bool {
 		states, _ := count()
-		return states[store.JobSubmitted] == 3 && counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
+		return states[domain.JobSubmitted] == 3 && counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
 	}, func() string {
 		states, _ := count()
 		return fmt.Sprintf("states %v, or no wait for the budget", states)
 	})
 	// Give a dispatcher that claimed past the room time to show it.
 	time.Sleep(200 * time.Millisecond)
-	if states, holdBacks := count(); states[store.JobSubmitted] != 3 || states[store.JobQueued] != 2 || holdBacks != 0 {
+	if states, holdBacks := count(); states[domain.JobSubmitted] != 3 || states[domain.JobQueued] != 2 || holdBacks != 0 {
 		t.Errorf("states %v, hold-backs %d; want 3 submitted, 2 queued, none held back", states, holdBacks)
 	}
 	if n := len(scanRequests(e.sim)); n != 3 {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/defendersim/simtest"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // Three real Defender clients, each with its own limiter (three replicas),
@@ -28,7 +30,7 @@ func TestReplicasKeepTheSimulatorsLimits(t *testing.T) {
 		minute, hour       = 500 * time.Millisecond, 2 * time.Second
 		machines           = 300
 	)
-	sim := defendersim.StartTest(t, defendersim.Options{
+	sim := simtest.Start(t, defendersim.Options{
 		GenerateMachines: machines,
 		PendingFor:       time.Hour,
 		InProgressFor:    time.Hour,
@@ -75,7 +77,7 @@ func TestReplicasKeepTheSimulatorsLimits(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, m := range ms {
 		wg.Go(func() {
-			_, errs[i] = clients[i%3].RunAntiVirusScan(ctx, m.ID, defender.Quick, "pglimit replica test")
+			_, errs[i] = clients[i%3].RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "pglimit replica test")
 		})
 	}
 	wg.Wait()

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 const killDSNEnv = "SCANHOOK_STORE_KILL_DSN"
@@ -100,7 +101,7 @@ func FuzzIngestRoundTrip(f *testing.F) {
 		in := AlertInput{
 			Alert:     alert.Alert{ID: id, Title: title, Severity: alert.Medium},
 			Raw:       raw,
-			Decisions: []DecisionInput{{Device: &alert.Device{DNSName: "h.contoso.com"}, Rule: rule, Scan: ScanQuick, Comment: comment}},
+			Decisions: []DecisionInput{{Device: &alert.Device{DNSName: "h.contoso.com"}, Rule: rule, Scan: domain.ScanQuick, Comment: comment}},
 		}
 		res, err := s.Ingest(context.Background(), Delivery{Source: "generic", Alerts: []AlertInput{in}})
 		if strings.TrimSpace(clean(id)) == "" {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 var receiptEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
@@ -66,7 +67,7 @@ func validateDelivery(d Delivery) error {
 		}
 		for j, dec := range a.Decisions {
 			switch dec.Scan {
-			case ScanQuick, ScanFull, ScanNone:
+			case domain.ScanQuick, domain.ScanFull, domain.ScanNone:
 			default:
 				return fmt.Errorf("alerts[%d].decisions[%d].scan: %q is not Quick, Full or none", i, j, dec.Scan)
 			}
@@ -80,7 +81,7 @@ func validateDelivery(d Delivery) error {
 
 // wantsScan: the decision needs the device's open-scan and cooldown state.
 func wantsScan(d DecisionInput) bool {
-	return d.Device != nil && d.Scan != ScanNone && !d.DryRun
+	return d.Device != nil && d.Scan != domain.ScanNone && !d.DryRun
 }
 
 func (s *sqlStore) Ingest(ctx context.Context, d Delivery) (IngestResult, error) {
@@ -247,18 +248,18 @@ func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int6
 	}
 
 	switch {
-	case in.Scan == ScanNone:
-		out.Status, out.Reason = StatusSkipped, ruleReason
+	case in.Scan == domain.ScanNone:
+		out.Status, out.Reason = domain.StatusSkipped, ruleReason
 		if out.Reason == "" {
 			out.Reason = "scan: none"
 		}
 	case out.Device == nil:
-		out.Status, out.Reason = StatusSkipped, "no usable device to scan"
+		out.Status, out.Reason = domain.StatusSkipped, "no usable device to scan"
 		if ruleReason != "" {
 			out.Reason += " (" + ruleReason + ")"
 		}
 	case in.DryRun:
-		out.Status, out.Reason = StatusDryRun, "dry run: would queue a "+in.Scan+" scan"
+		out.Status, out.Reason = domain.StatusDryRun, "dry run: would queue a "+in.Scan+" scan"
 		if ruleReason != "" {
 			out.Reason += " (" + ruleReason + ")"
 		}
@@ -305,16 +306,16 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 	switch {
 	case err == nil:
 		// A job that has not reached Defender yet can still become Full.
-		if openScan == ScanQuick && scan == ScanFull && openCalling == 0 && (openSt == JobQueued || openSt == JobRetry) {
+		if openScan == domain.ScanQuick && scan == domain.ScanFull && openCalling == 0 && (openSt == domain.JobQueued || openSt == domain.JobRetry) {
 			r, err := tx.exec(ctx, `UPDATE jobs SET scan = ?, comment = ?, updated_at = ?
 				WHERE id = ? AND scan = ? AND calling = 0 AND state IN (?, ?)`,
-				ScanFull, comment, now.UnixMicro(), openID, ScanQuick, JobQueued, JobRetry)
+				domain.ScanFull, comment, now.UnixMicro(), openID, domain.ScanQuick, domain.JobQueued, domain.JobRetry)
 			if err != nil {
 				return fmt.Errorf("upgrade job %d: %w", openID, err)
 			}
 			// On PostgreSQL a dispatcher may have claimed it since we read.
 			if n, _ := r.RowsAffected(); n == 1 {
-				out.Status = StatusQueued
+				out.Status = domain.StatusQueued
 				out.JobID = openID
 				out.Reason = fmt.Sprintf("upgraded queued Quick scan (job %d) to Full", openID)
 				return nil
@@ -324,19 +325,19 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 		// A waiting Full is the strongest scan the device has coming: every
 		// later decision is a duplicate of it.
 		var waitID int64
-		err := tx.row(ctx, `SELECT id FROM jobs WHERE device_key = ? AND state = ? ORDER BY id LIMIT 1`, key, JobWaiting).Scan(&waitID)
+		err := tx.row(ctx, `SELECT id FROM jobs WHERE device_key = ? AND state = ? ORDER BY id LIMIT 1`, key, domain.JobWaiting).Scan(&waitID)
 		switch {
 		case err == nil:
-			out.Status = StatusDuplicate
+			out.Status = domain.StatusDuplicate
 			out.Reason = fmt.Sprintf("device already has a Full scan (job %d, %s) to run after its open %s scan (job %d, %s)",
-				waitID, JobWaiting, openScan, openID, openSt)
+				waitID, domain.JobWaiting, openScan, openID, openSt)
 			return nil
 		case errors.Is(err, sql.ErrNoRows):
 		default:
 			return fmt.Errorf("find waiting job: %w", err)
 		}
-		if openScan != ScanQuick || scan != ScanFull {
-			out.Status = StatusDuplicate
+		if openScan != domain.ScanQuick || scan != domain.ScanFull {
+			out.Status = domain.StatusDuplicate
 			out.Reason = fmt.Sprintf("device already has an open %s scan (job %d, %s)", openScan, openID, openSt)
 			return nil
 		}
@@ -357,24 +358,24 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 		last := ""
 		// Full counts against any new scan; Quick only against a Quick.
 		if fAt.Valid && fAt.Int64 > since {
-			at, job, last = fAt.Int64, fJob.Int64, ScanFull
+			at, job, last = fAt.Int64, fJob.Int64, domain.ScanFull
 		}
-		if scan == ScanQuick && qAt.Valid && qAt.Int64 > since && qAt.Int64 > at {
-			at, job, last = qAt.Int64, qJob.Int64, ScanQuick
+		if scan == domain.ScanQuick && qAt.Valid && qAt.Int64 > since && qAt.Int64 > at {
+			at, job, last = qAt.Int64, qJob.Int64, domain.ScanQuick
 		}
 		if last != "" {
 			t := time.UnixMicro(at).UTC()
-			out.Status = StatusCooldown
+			out.Status = domain.StatusCooldown
 			out.Reason = fmt.Sprintf("a %s scan was requested for this device at %s (job %d); cooldown %s until %s",
 				last, t.Format(time.RFC3339), job, cooldown, t.Add(cooldown).Format(time.RFC3339))
 			return nil
 		}
 	}
 
-	state, open := JobQueued, 1
+	state, open := domain.JobQueued, 1
 	if waitFor != 0 {
 		// Not open: the device keeps exactly one open job, the Quick.
-		state, open = JobWaiting, 0
+		state, open = domain.JobWaiting, 0
 	}
 	var id int64
 	if err := tx.row(ctx, `INSERT INTO jobs (alert_pk, source, alert_id, device_key, device_id, device_dns, device_aad, scan, comment,
@@ -384,7 +385,7 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 		state, open, now.UnixMicro(), dev.ID, now.UnixMicro(), now.UnixMicro()).Scan(&id); err != nil {
 		return fmt.Errorf("add job: %w", err)
 	}
-	out.Status = StatusQueued
+	out.Status = domain.StatusQueued
 	out.JobID = id
 	if waitFor != 0 {
 		out.Reason = fmt.Sprintf("queued %s scan (job %d) to run after the open %s scan (job %d) ends", scan, id, openScan, waitFor)

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // claimable is the SQL list of states ClaimJobs considers (with due_at,
@@ -66,9 +68,9 @@ func (s *sqlStore) ClaimJobs(ctx context.Context, owner string, limit int, lease
 		ids := make([]any, 0, len(dues))
 		for _, d := range dues {
 			ids = append(ids, d.id)
-			if d.state == JobLeased || d.state == JobCalling {
+			if d.state == domain.JobLeased || d.state == domain.JobCalling {
 				msg := "lease expired while leased"
-				if d.state == JobCalling {
+				if d.state == domain.JobCalling {
 					msg = "lease expired while calling Defender"
 				}
 				if _, err := tx.exec(ctx, `INSERT INTO job_attempts (job_id, attempt, at, owner, outcome, error) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -78,7 +80,7 @@ func (s *sqlStore) ClaimJobs(ctx context.Context, owner string, limit int, lease
 			}
 		}
 		until := now.Add(lease).UnixMicro()
-		args := append([]any{JobLeased, owner, until, until, now.UnixMicro()}, ids...)
+		args := append([]any{domain.JobLeased, owner, until, until, now.UnixMicro()}, ids...)
 		rows, err = tx.query(ctx, `UPDATE jobs SET state = ?, lease_owner = ?, lease_until = ?, due_at = ?, attempts = attempts + 1, updated_at = ?
 			WHERE id IN (`+placeholders(len(ids))+`) RETURNING `+jobColumns, args...)
 		if err != nil {
@@ -155,7 +157,7 @@ func (s *sqlStore) MarkCalling(ctx context.Context, jobID int64, owner string) e
 		// owner may claim the job, and two calls must never be in flight.
 		r, err := tx.exec(ctx, `UPDATE jobs SET state = ?, calling = 1, updated_at = ?
 			WHERE id = ? AND lease_owner = ? AND state IN (?, ?) AND lease_until > ?`,
-			JobCalling, now, jobID, owner, JobLeased, JobCalling, now)
+			domain.JobCalling, now, jobID, owner, domain.JobLeased, domain.JobCalling, now)
 		if err != nil {
 			return err
 		}
@@ -192,7 +194,7 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		if err != nil {
 			return fmt.Errorf("read job: %w", err)
 		}
-		if leaseOwner.String != r.Owner || (state != JobLeased && state != JobCalling) {
+		if leaseOwner.String != r.Owner || (state != domain.JobLeased && state != domain.JobCalling) {
 			return ErrLeaseLost
 		}
 		requested := r.Outcome == OutcomeSubmitted || r.Outcome == OutcomeAlreadyScanning
@@ -222,31 +224,31 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		)
 		switch r.Outcome {
 		case OutcomeSubmitted:
-			newState, open, actionID = JobSubmitted, 1, r.ActionID
+			newState, open, actionID = domain.JobSubmitted, 1, r.ActionID
 			attemptErr = ""
 		case OutcomeAlreadyScanning:
-			newState, lastErr, attemptErr = JobAlreadyScanning, clean(r.Reason), clean(r.Reason)
+			newState, lastErr, attemptErr = domain.JobAlreadyScanning, clean(r.Reason), clean(r.Reason)
 			if r.ActionID != "" {
 				open, actionID = 1, r.ActionID
 			}
 		case OutcomeRetry:
-			newState, open, lastErr, attemptErr = JobRetry, 1, clean(r.Err), clean(r.Err)
+			newState, open, lastErr, attemptErr = domain.JobRetry, 1, clean(r.Err), clean(r.Err)
 			if !r.RetryAt.IsZero() {
 				dueAt = r.RetryAt.UnixMicro()
 			}
 		case OutcomeDead:
-			newState, lastErr, attemptErr = JobDead, clean(r.Err), clean(r.Err)
+			newState, lastErr, attemptErr = domain.JobDead, clean(r.Err), clean(r.Err)
 		}
 		if actionID != nil {
 			status := r.ActionStatus
 			if status == "" {
-				status = ActionPending
+				status = domain.ActionPending
 			}
 			// Another job may already track this action (Defender said a
 			// scan was pending, and it was ours); keep the first record.
 			if _, err := tx.exec(ctx, `INSERT INTO actions (id, job_id, machine_id, status, final, created_at, updated_at)
 				VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-				r.ActionID, r.JobID, r.MachineID, status, boolInt(FinalActionStatus(status)), nowUS, nowUS); err != nil {
+				r.ActionID, r.JobID, r.MachineID, status, boolInt(domain.ActionFinal(status)), nowUS, nowUS); err != nil {
 				return fmt.Errorf("add action %q: %w", r.ActionID, err)
 			}
 			var final int
@@ -267,7 +269,7 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 			WHERE id = ? AND lease_owner = ? AND state IN (?, ?)`,
 			newState, open, dueAt, r.MachineID, r.MachineID, actionID, lastErr, nowUS,
 			refund, r.NothingCreated,
-			r.JobID, r.Owner, JobLeased, JobCalling)
+			r.JobID, r.Owner, domain.JobLeased, domain.JobCalling)
 		if err != nil {
 			return fmt.Errorf("update job: %w", err)
 		}
@@ -296,7 +298,7 @@ func (s *sqlStore) CompleteJob(ctx context.Context, r JobResult) error {
 		}
 		if requested {
 			col := "quick"
-			if scan == ScanFull {
+			if scan == domain.ScanFull {
 				col = "full"
 			}
 			for _, k := range keys {
@@ -348,7 +350,7 @@ func (s *sqlStore) ReleaseJobs(ctx context.Context, owner string) error {
 				attempts = CASE WHEN state = ? THEN attempts ELSE attempts - 1 END,
 				due_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?
 			WHERE lease_owner = ? AND state IN (?, ?)`,
-			JobCalling, JobRetry, JobQueued, JobCalling, now, now, owner, JobLeased, JobCalling)
+			domain.JobCalling, domain.JobRetry, domain.JobQueued, domain.JobCalling, now, now, owner, domain.JobLeased, domain.JobCalling)
 		return err
 	})
 	if err != nil {
@@ -417,7 +419,7 @@ func (s *sqlStore) UpdateActions(ctx context.Context, updates []ActionUpdate) er
 		// first): closing a job may promote the device's waiting job.
 		var finalIDs []any
 		for _, u := range sorted {
-			if FinalActionStatus(u.Status) {
+			if domain.ActionFinal(u.Status) {
 				finalIDs = append(finalIDs, u.ID)
 			}
 		}
@@ -449,7 +451,7 @@ func (s *sqlStore) UpdateActions(ctx context.Context, updates []ActionUpdate) er
 			}
 		}
 		for _, u := range sorted {
-			final := FinalActionStatus(u.Status)
+			final := domain.ActionFinal(u.Status)
 			// A final status is never moved back.
 			if _, err := tx.exec(ctx, `UPDATE actions SET
 					updated_at = CASE WHEN status = ? THEN updated_at ELSE ? END,
@@ -572,7 +574,7 @@ func promoteWaiting(ctx context.Context, tx q, key string, nowUS int64) error {
 	if _, err := tx.exec(ctx, `UPDATE jobs SET state = ?, open = 1, due_at = ?, updated_at = ?
 		WHERE device_key = ? AND state = ?
 			AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.device_key = ? AND o.open = 1)`,
-		JobQueued, nowUS, nowUS, key, JobWaiting, key); err != nil {
+		domain.JobQueued, nowUS, nowUS, key, domain.JobWaiting, key); err != nil {
 		return fmt.Errorf("promote waiting job of device %q: %w", key, err)
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func TestLeaseExpiryAndFencing(t *testing.T) {
@@ -46,15 +47,15 @@ func TestLeaseExpiryAndFencing(t *testing.T) {
 		if err != nil || len(got) != 1 {
 			t.Fatalf("B reclaim = %+v, %v", got, err)
 		}
-		if j := got[0]; j.ID != jobID || j.Attempts != 2 || !j.Calling || j.State != JobLeased || !j.LeaseUntil.Equal(b.clock.Now().Add(time.Minute)) {
+		if j := got[0]; j.ID != jobID || j.Attempts != 2 || !j.Calling || j.State != domain.JobLeased || !j.LeaseUntil.Equal(b.clock.Now().Add(time.Minute)) {
 			t.Errorf("reclaimed job = %+v, want attempt 2 with Calling set", j)
 		}
 		// A comes back from its slow call: fenced off.
-		err = s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-A", ActionStatus: ActionPending})
+		err = s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "A", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-A", ActionStatus: domain.ActionPending})
 		if !errors.Is(err, ErrLeaseLost) {
 			t.Fatalf("CompleteJob by the old owner = %v, want ErrLeaseLost", err)
 		}
-		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "B", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-B", ActionStatus: ActionPending}); err != nil {
+		if err := s.CompleteJob(ctx, JobResult{JobID: jobID, Owner: "B", Outcome: OutcomeSubmitted, MachineID: machine(1), ActionID: "act-B", ActionStatus: domain.ActionPending}); err != nil {
 			t.Fatalf("CompleteJob by the new owner: %v", err)
 		}
 		// Finished: nobody holds it any more, and it is not claimable.
@@ -135,7 +136,7 @@ func TestReleaseJobs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.QueueDepth != 3 || st.JobsByState[JobQueued] != 2 || st.JobsByState[JobRetry] != 1 {
+		if st.QueueDepth != 3 || st.JobsByState[domain.JobQueued] != 2 || st.JobsByState[domain.JobRetry] != 1 {
 			t.Errorf("stats after release = %+v", st)
 		}
 		again := claimAll(t, s, "B") // due now, no clock change
@@ -170,11 +171,11 @@ func TestRetryAndDead(t *testing.T) {
 			t.Fatalf("claimed before its retry time: %+v", got)
 		}
 		st, _ := s.Stats(ctx)
-		if st.QueueDepth != 0 || st.JobsByState[JobRetry] != 1 {
+		if st.QueueDepth != 0 || st.JobsByState[domain.JobRetry] != 1 {
 			t.Errorf("stats = %+v", st)
 		}
 		// Still open: another alert is a duplicate, not a second job.
-		if o := one(t, mustIngest(t, s, delivery(alertIn("rd2", quick(d))))); o.Status != StatusDuplicate {
+		if o := one(t, mustIngest(t, s, delivery(alertIn("rd2", quick(d))))); o.Status != domain.StatusDuplicate {
 			t.Errorf("during retry: %+v", o)
 		}
 		b.clock.Advance(45 * time.Second)
@@ -194,7 +195,7 @@ func TestRetryAndDead(t *testing.T) {
 			t.Errorf("dead job claimed: %+v", got)
 		}
 		recs, err := s.ListScans(ctx, ScanQuery{Status: "dead"})
-		if err != nil || len(recs) != 1 || recs[0].JobID != jobID || recs[0].LastError != "machine not found" || recs[0].Status != JobDead || recs[0].Attempts != 2 {
+		if err != nil || len(recs) != 1 || recs[0].JobID != jobID || recs[0].LastError != "machine not found" || recs[0].Status != domain.JobDead || recs[0].Attempts != 2 {
 			t.Errorf("dead in audit = %+v, %v", recs, err)
 		}
 	})
@@ -217,7 +218,7 @@ func TestActions(t *testing.T) {
 			t.Fatalf("open = %+v, %v", open, err)
 		}
 		// Polled: action-0 moves on, action-1 is final, unknown ids are skipped.
-		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-0", Status: ActionInProgress}, {ID: "action-1", Status: ActionFailed}, {ID: "nope", Status: ActionSucceeded}}); err != nil {
+		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-0", Status: domain.ActionInProgress}, {ID: "action-1", Status: domain.ActionFailed}, {ID: "nope", Status: domain.ActionSucceeded}}); err != nil {
 			t.Fatal(err)
 		}
 		open, err = s.OpenActions(ctx, 10)
@@ -225,30 +226,30 @@ func TestActions(t *testing.T) {
 			t.Fatalf("open = %+v, %v", open, err)
 		}
 		// Never-polled action-2 comes before the just-polled action-0.
-		if open[0].ID != "action-2" || open[1].ID != "action-0" || open[1].Status != ActionInProgress || !open[1].LastPolledAt.Equal(b.clock.Now()) {
+		if open[0].ID != "action-2" || open[1].ID != "action-0" || open[1].Status != domain.ActionInProgress || !open[1].LastPolledAt.Equal(b.clock.Now()) {
 			t.Errorf("open order = %+v", open)
 		}
 		if lim, _ := s.OpenActions(ctx, 1); len(lim) != 1 {
 			t.Errorf("limit ignored: %+v", lim)
 		}
 		st, _ := s.Stats(ctx)
-		if st.OpenActions != 2 || st.JobsByState[JobSubmitted] != 3 {
+		if st.OpenActions != 2 || st.JobsByState[domain.JobSubmitted] != 3 {
 			t.Errorf("stats = %+v", st)
 		}
 		// A final status is never moved back.
-		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-1", Status: ActionPending}}); err != nil {
+		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "action-1", Status: domain.ActionPending}}); err != nil {
 			t.Fatal(err)
 		}
 		recs, _ := s.ListScans(ctx, ScanQuery{Device: machine(1)})
-		if len(recs) != 1 || recs[0].ActionStatus != ActionFailed || recs[0].Status != ActionFailed || recs[0].JobState != JobSubmitted {
+		if len(recs) != 1 || recs[0].ActionStatus != domain.ActionFailed || recs[0].Status != domain.ActionFailed || recs[0].JobState != domain.JobSubmitted {
 			t.Errorf("failed action record = %+v", recs)
 		}
 		// Device 1's scan is over (final), device 0's is not.
 		b.clock.Advance(7 * time.Hour)
-		if o := one(t, mustIngest(t, s, delivery(alertIn("after1", quick(dev(machine(1), "")))))); o.Status != StatusQueued {
+		if o := one(t, mustIngest(t, s, delivery(alertIn("after1", quick(dev(machine(1), "")))))); o.Status != domain.StatusQueued {
 			t.Errorf("device with a final action: %+v", o)
 		}
-		if o := one(t, mustIngest(t, s, delivery(alertIn("after0", quick(dev(machine(0), "")))))); o.Status != StatusDuplicate {
+		if o := one(t, mustIngest(t, s, delivery(alertIn("after0", quick(dev(machine(0), "")))))); o.Status != domain.StatusDuplicate {
 			t.Errorf("device with an InProgress action: %+v", o)
 		}
 		if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "", Status: "x"}}); err == nil {
@@ -265,7 +266,7 @@ func TestListScans(t *testing.T) {
 		d2 := dev("", "beta.contoso.com")
 		mustIngest(t, s, delivery(alertIn("s1", quick(d1))))
 		b.clock.Advance(time.Second)
-		mustIngest(t, s, delivery(alertIn("s2", quick(d1), DecisionInput{Device: d2, Scan: ScanNone, Rule: "none", Reason: "no rule matched"})))
+		mustIngest(t, s, delivery(alertIn("s2", quick(d1), DecisionInput{Device: d2, Scan: domain.ScanNone, Rule: "none", Reason: "no rule matched"})))
 		b.clock.Advance(time.Second)
 		j3 := one(t, mustIngest(t, s, delivery(alertIn("s3", full(d2))))).JobID
 		submit(t, s, j3, machine(3), "act-3")
@@ -301,7 +302,7 @@ func TestListScans(t *testing.T) {
 		}
 		recs, _ := s.ListScans(ctx, ScanQuery{Device: machine(3)})
 		r := recs[0]
-		if r.JobState != JobSubmitted || r.ActionID != "act-3" || r.MachineID != machine(3) || r.Rule != "ransomware-full" || r.Scan != ScanFull ||
+		if r.JobState != domain.JobSubmitted || r.ActionID != "act-3" || r.MachineID != machine(3) || r.Rule != "ransomware-full" || r.Scan != domain.ScanFull ||
 			r.Receipt != ReceiptID("sentinel", []string{"s3"}) || r.Device == nil || r.Device.DNSName != "beta.contoso.com" || !r.Time.Equal(newClock().Now().Add(2*time.Second)) {
 			t.Errorf("record = %+v", r)
 		}
@@ -310,7 +311,7 @@ func TestListScans(t *testing.T) {
 
 func TestListScansLimits(t *testing.T) {
 	s := sqliteBackend(t).open(t).(*sqlStore)
-	mustIngest(t, s, delivery(alertIn("m", DecisionInput{Scan: ScanNone})))
+	mustIngest(t, s, delivery(alertIn("m", DecisionInput{Scan: domain.ScanNone})))
 	// 1005 more decisions in one statement: ingesting them one by one is
 	// slow under -race, and only the count matters here.
 	err := s.write(context.Background(), func(ctx context.Context, tx q) error {
@@ -776,15 +777,15 @@ func TestAADOnlyDevice(t *testing.T) {
 		const aad = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
 		d := &alert.Device{AADDeviceID: aad}
 		first := mustIngest(t, s, delivery(alertIn("aad-1", quick(d))))
-		if len(first.Decisions) != 1 || first.Decisions[0].Status != StatusQueued {
+		if len(first.Decisions) != 1 || first.Decisions[0].Status != domain.StatusQueued {
 			t.Fatalf("first decision %+v, want queued", first.Decisions)
 		}
 		again := mustIngest(t, s, delivery(alertIn("aad-2", quick(d))))
-		if again.Decisions[0].Status != StatusDuplicate {
+		if again.Decisions[0].Status != domain.StatusDuplicate {
 			t.Errorf("second alert for the same AAD device: %+v, want duplicate of the open scan", again.Decisions[0])
 		}
 		other := mustIngest(t, s, delivery(alertIn("aad-3", quick(&alert.Device{AADDeviceID: "ffffffff-4e5f-6071-8293-a4b5c6d7e8f9"}))))
-		if other.Decisions[0].Status != StatusQueued {
+		if other.Decisions[0].Status != domain.StatusQueued {
 			t.Errorf("another AAD device: %+v, want queued", other.Decisions[0])
 		}
 		recs, err := s.ListScans(ctx, ScanQuery{Device: strings.ToUpper(aad)})

@@ -39,49 +39,6 @@ var (
 	ErrClosed = errors.New("store closed")
 )
 
-// Decision statuses (the DESIGN.md HTTP contract).
-const (
-	StatusQueued          = "queued"
-	StatusSkipped         = "skipped"
-	StatusDuplicate       = "duplicate"
-	StatusCooldown        = "cooldown"
-	StatusAlreadyScanning = "already_scanning"
-	StatusDryRun          = "dry_run"
-)
-
-// Scan types.
-const (
-	ScanQuick = "Quick"
-	ScanFull  = "Full"
-	ScanNone  = "none"
-)
-
-// Job states.
-const (
-	// JobQueued: waiting for its first claim (or handed back by ReleaseJobs
-	// before any Defender call).
-	JobQueued = "queued"
-	// JobWaiting: a Full scan decided while the device's open Quick scan
-	// had already reached Defender; not open and never claimed, it becomes
-	// queued (and open) in the transaction that closes the Quick's job. At
-	// most one per device.
-	JobWaiting = "waiting"
-	// JobLeased: claimed by a dispatcher, no Defender call recorded in this lease.
-	JobLeased = "leased"
-	// JobCalling: the lease holder said a Defender call is in flight.
-	JobCalling = "calling"
-	// JobRetry: an attempt failed; due again at its next attempt time.
-	JobRetry = "retry"
-	// JobSubmitted: Defender accepted the scan; the job stays open until
-	// its action is final.
-	JobSubmitted = "submitted"
-	// JobAlreadyScanning: Defender refused because a scan was already
-	// pending on the machine; open until that action (if known) is final.
-	JobAlreadyScanning = "already_scanning"
-	// JobDead: given up; kept for the audit trail.
-	JobDead = "dead"
-)
-
 // Outcome is what happened to a leased job.
 type Outcome string
 
@@ -97,25 +54,6 @@ const (
 // whose attempt was given back (JobResult.NotAttempted); not an Outcome to
 // pass to CompleteJob.
 const OutcomeNotAttempted = "not_attempted"
-
-// Defender MachineAction statuses; the last four are final.
-const (
-	ActionPending    = "Pending"
-	ActionInProgress = "InProgress"
-	ActionSucceeded  = "Succeeded"
-	ActionFailed     = "Failed"
-	ActionTimeOut    = "TimeOut"
-	ActionCancelled  = "Cancelled"
-)
-
-// FinalActionStatus reports whether a Defender action status is final.
-func FinalActionStatus(s string) bool {
-	switch s {
-	case ActionSucceeded, ActionFailed, ActionTimeOut, ActionCancelled:
-		return true
-	}
-	return false
-}
 
 // Deps are what the store uses from outside.
 type Deps struct {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // The suite runs every test against both backends. PostgreSQL needs
@@ -128,11 +129,11 @@ func dev(id, dns string) *alert.Device { return &alert.Device{ID: id, DNSName: d
 func machine(n int) string { return fmt.Sprintf("%040x", n+1) }
 
 func quick(d *alert.Device) DecisionInput {
-	return DecisionInput{Device: d, Rule: "medium-quick", Scan: ScanQuick, Comment: "quick scan", Reason: "rule medium-quick matched", Cooldown: 6 * time.Hour}
+	return DecisionInput{Device: d, Rule: "medium-quick", Scan: domain.ScanQuick, Comment: "quick scan", Reason: "rule medium-quick matched", Cooldown: 6 * time.Hour}
 }
 
 func full(d *alert.Device) DecisionInput {
-	return DecisionInput{Device: d, Rule: "ransomware-full", Scan: ScanFull, Comment: "full scan", Reason: "rule ransomware-full matched", Cooldown: 6 * time.Hour}
+	return DecisionInput{Device: d, Rule: "ransomware-full", Scan: domain.ScanFull, Comment: "full scan", Reason: "rule ransomware-full matched", Cooldown: 6 * time.Hour}
 }
 
 func alertIn(id string, decs ...DecisionInput) AlertInput {
@@ -186,9 +187,9 @@ func ingestRace(t *testing.T, replicas []Store, n int, in func(i int) AlertInput
 			t.Fatalf("ingest %d: %v", i, errs[i])
 		}
 		switch outs[i].Status {
-		case StatusQueued:
+		case domain.StatusQueued:
 			queued++
-		case StatusDuplicate:
+		case domain.StatusDuplicate:
 		default:
 			t.Errorf("ingest %d: %+v", i, outs[i])
 		}
@@ -221,7 +222,7 @@ func submit(t testing.TB, s Store, jobID int64, machineID, actionID string) {
 			t.Fatalf("MarkCalling: %v", err)
 		}
 		if err := s.CompleteJob(ctx, JobResult{JobID: j.ID, Owner: "submitter", Outcome: OutcomeSubmitted,
-			MachineID: machineID, ActionID: actionID, ActionStatus: ActionPending}); err != nil {
+			MachineID: machineID, ActionID: actionID, ActionStatus: domain.ActionPending}); err != nil {
 			t.Fatalf("CompleteJob: %v", err)
 		}
 	}
@@ -236,7 +237,7 @@ func submit(t testing.TB, s Store, jobID int64, machineID, actionID string) {
 
 func finish(t testing.TB, s Store, actionID string) {
 	t.Helper()
-	if err := s.UpdateActions(context.Background(), []ActionUpdate{{ID: actionID, Status: ActionSucceeded}}); err != nil {
+	if err := s.UpdateActions(context.Background(), []ActionUpdate{{ID: actionID, Status: domain.ActionSucceeded}}); err != nil {
 		t.Fatalf("UpdateActions: %v", err)
 	}
 }
@@ -260,7 +261,7 @@ func TestDecisionStatuses(t *testing.T) {
 	type step func(t *testing.T, s Store, clk *clock) // prepares the device's history
 	first := func(dec DecisionInput) step {
 		return func(t *testing.T, s Store, clk *clock) {
-			if o := one(t, mustIngest(t, s, delivery(alertIn("prev-"+dec.Scan, dec)))); o.Status != StatusQueued {
+			if o := one(t, mustIngest(t, s, delivery(alertIn("prev-"+dec.Scan, dec)))); o.Status != domain.StatusQueued {
 				t.Fatalf("setup: %+v", o)
 			}
 		}
@@ -283,52 +284,52 @@ func TestDecisionStatuses(t *testing.T) {
 		wantReason string // substring; "{job}" is the setup's first job id
 		wantJob    bool
 	}{
-		{name: "queued on a fresh device", dec: quick(d1), wantStatus: StatusQueued, wantReason: "rule medium-quick matched", wantJob: true},
+		{name: "queued on a fresh device", dec: quick(d1), wantStatus: domain.StatusQueued, wantReason: "rule medium-quick matched", wantJob: true},
 		{name: "scan none is skipped with the rule's reason",
-			dec:        DecisionInput{Device: d1, Rule: "everything-else", Scan: ScanNone, Reason: "no rule matched"},
-			wantStatus: StatusSkipped, wantReason: "no rule matched"},
-		{name: "no device is skipped", dec: DecisionInput{Rule: "r", Scan: ScanQuick, Reason: "alert names no device"},
-			wantStatus: StatusSkipped, wantReason: "no usable device"},
+			dec:        DecisionInput{Device: d1, Rule: "everything-else", Scan: domain.ScanNone, Reason: "no rule matched"},
+			wantStatus: domain.StatusSkipped, wantReason: "no rule matched"},
+		{name: "no device is skipped", dec: DecisionInput{Rule: "r", Scan: domain.ScanQuick, Reason: "alert names no device"},
+			wantStatus: domain.StatusSkipped, wantReason: "no usable device"},
 		{name: "dry run records without a job", dec: func() DecisionInput { d := full(d1); d.DryRun = true; return d }(),
-			wantStatus: StatusDryRun, wantReason: "dry run"},
+			wantStatus: domain.StatusDryRun, wantReason: "dry run"},
 		{name: "second Quick while one is queued is a duplicate", setup: []step{first(quick(d1))}, dec: quick(d1),
-			wantStatus: StatusDuplicate, wantReason: "open Quick scan (job {job}, queued)"},
+			wantStatus: domain.StatusDuplicate, wantReason: "open Quick scan (job {job}, queued)"},
 		{name: "Full upgrades a queued Quick", setup: []step{first(quick(d1))}, dec: full(d1),
-			wantStatus: StatusQueued, wantReason: "upgraded queued Quick scan (job {job}) to Full", wantJob: true},
+			wantStatus: domain.StatusQueued, wantReason: "upgraded queued Quick scan (job {job}) to Full", wantJob: true},
 		{name: "Quick while a Full is queued is a duplicate", setup: []step{first(full(d1))}, dec: quick(d1),
-			wantStatus: StatusDuplicate, wantReason: "open Full scan (job {job}"},
+			wantStatus: domain.StatusDuplicate, wantReason: "open Full scan (job {job}"},
 		{name: "Full after a Quick already claimed waits for it",
 			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
-			dec:   full(d1), wantStatus: StatusQueued, wantReason: "to run after the open Quick scan (job {job}) ends", wantJob: true},
+			dec:   full(d1), wantStatus: domain.StatusQueued, wantReason: "to run after the open Quick scan (job {job}) ends", wantJob: true},
 		{name: "Quick while a Quick is claimed is a duplicate",
 			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
-			dec:   quick(d1), wantStatus: StatusDuplicate, wantReason: "(job {job}, leased)"},
+			dec:   quick(d1), wantStatus: domain.StatusDuplicate, wantReason: "(job {job}, leased)"},
 		{name: "a submitted scan stays open until its action is final",
 			setup: []step{func(t *testing.T, s Store, _ *clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
 				submit(t, s, o.JobID, machine(1), "act-open")
 			}},
-			dec: quick(d1), wantStatus: StatusDuplicate, wantReason: "(job {job}, submitted)"},
+			dec: quick(d1), wantStatus: domain.StatusDuplicate, wantReason: "(job {job}, submitted)"},
 		{name: "Quick within the cooldown of a Quick", setup: []step{scanned(quick(d1), time.Hour)}, dec: quick(d1),
-			wantStatus: StatusCooldown, wantReason: "a Quick scan was requested for this device at 2026-03-01T12:00:00Z (job {job}); cooldown 6h0m0s until 2026-03-01T18:00:00Z"},
+			wantStatus: domain.StatusCooldown, wantReason: "a Quick scan was requested for this device at 2026-03-01T12:00:00Z (job {job}); cooldown 6h0m0s until 2026-03-01T18:00:00Z"},
 		{name: "Full after a recent Quick is allowed", setup: []step{scanned(quick(d1), time.Hour)}, dec: full(d1),
-			wantStatus: StatusQueued, wantJob: true},
+			wantStatus: domain.StatusQueued, wantJob: true},
 		{name: "Quick within the cooldown of a Full", setup: []step{scanned(full(d1), time.Hour)}, dec: quick(d1),
-			wantStatus: StatusCooldown, wantReason: "a Full scan was requested"},
+			wantStatus: domain.StatusCooldown, wantReason: "a Full scan was requested"},
 		{name: "Full within the cooldown of a Full", setup: []step{scanned(full(d1), 5*time.Hour)}, dec: full(d1),
-			wantStatus: StatusCooldown, wantReason: "(job {job})"},
+			wantStatus: domain.StatusCooldown, wantReason: "(job {job})"},
 		{name: "after the cooldown a scan is queued again", setup: []step{scanned(quick(d1), 7*time.Hour)}, dec: quick(d1),
-			wantStatus: StatusQueued, wantJob: true},
+			wantStatus: domain.StatusQueued, wantJob: true},
 		{name: "no cooldown configured", setup: []step{scanned(quick(d1), time.Minute)},
 			dec:        func() DecisionInput { d := quick(d1); d.Cooldown = 0; return d }(),
-			wantStatus: StatusQueued, wantJob: true},
+			wantStatus: domain.StatusQueued, wantJob: true},
 		{name: "cooldown follows the machine a DNS name resolved to",
 			setup: []step{func(t *testing.T, s Store, clk *clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("by-name", quick(byName)))))
 				submit(t, s, o.JobID, machine(1), "act-by-name")
 				finish(t, s, "act-by-name")
 			}},
-			dec: quick(d1), wantStatus: StatusCooldown, wantReason: "(job {job})"},
+			dec: quick(d1), wantStatus: domain.StatusCooldown, wantReason: "(job {job})"},
 		{name: "already scanning counts as requested for the cooldown",
 			setup: []step{func(t *testing.T, s Store, clk *clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
@@ -341,7 +342,7 @@ func TestDecisionStatuses(t *testing.T) {
 					t.Fatal(err)
 				}
 			}},
-			dec: quick(d1), wantStatus: StatusCooldown, wantReason: "(job {job})"},
+			dec: quick(d1), wantStatus: domain.StatusCooldown, wantReason: "(job {job})"},
 		{name: "a dead job does not block the device",
 			setup: []step{func(t *testing.T, s Store, clk *clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
@@ -350,7 +351,7 @@ func TestDecisionStatuses(t *testing.T) {
 					t.Fatal(err)
 				}
 			}},
-			dec: quick(d1), wantStatus: StatusQueued, wantJob: true},
+			dec: quick(d1), wantStatus: domain.StatusQueued, wantJob: true},
 	}
 	eachBackend(t, func(t *testing.T, b *backend) {
 		for _, tc := range cases {
@@ -397,7 +398,7 @@ func TestDecisionStatuses(t *testing.T) {
 				}
 				if upgraded {
 					jobs := claimAll(t, s, "check")
-					if len(jobs) != 1 || jobs[0].Scan != ScanFull || jobs[0].Comment != "full scan" || jobs[0].ID != o.JobID {
+					if len(jobs) != 1 || jobs[0].Scan != domain.ScanFull || jobs[0].Comment != "full scan" || jobs[0].ID != o.JobID {
 						t.Errorf("after upgrade jobs = %+v, want the one job as Full with the new comment", jobs)
 					}
 				}
@@ -411,7 +412,7 @@ func TestIngestIdempotency(t *testing.T) {
 		s := b.open(t)
 		ctx := context.Background()
 		a1 := alertIn("a1", quick(dev(machine(1), "")))
-		a2 := alertIn("a2", quick(dev(machine(2), "")), DecisionInput{Scan: ScanNone, Rule: "x", Reason: "nothing"})
+		a2 := alertIn("a2", quick(dev(machine(2), "")), DecisionInput{Scan: domain.ScanNone, Rule: "x", Reason: "nothing"})
 		a3 := alertIn("a3", full(dev(machine(3), "")))
 
 		first := mustIngest(t, s, delivery(a1, a2))
@@ -423,7 +424,7 @@ func TestIngestIdempotency(t *testing.T) {
 			t.Fatalf("redelivery = %+v, want duplicate with receipt %s", again, first.Receipt)
 		}
 		// Stored outcomes come back in delivery order.
-		wantStatuses := []string{StatusQueued, StatusSkipped, StatusQueued}
+		wantStatuses := []string{domain.StatusQueued, domain.StatusSkipped, domain.StatusQueued}
 		for i, d := range again.Decisions {
 			if d.Status != wantStatuses[i] {
 				t.Errorf("redelivery decision %d = %+v, want %s", i, d, wantStatuses[i])
@@ -440,8 +441,8 @@ func TestIngestIdempotency(t *testing.T) {
 		if mixed.Duplicate || mixed.Receipt == first.Receipt {
 			t.Fatalf("mixed = %+v, want a new receipt, not duplicate", mixed)
 		}
-		if len(mixed.Decisions) != 3 || mixed.Decisions[0].AlertID != "a2" || mixed.Decisions[0].Status != StatusQueued ||
-			mixed.Decisions[2].AlertID != "a3" || mixed.Decisions[2].Status != StatusQueued {
+		if len(mixed.Decisions) != 3 || mixed.Decisions[0].AlertID != "a2" || mixed.Decisions[0].Status != domain.StatusQueued ||
+			mixed.Decisions[2].AlertID != "a3" || mixed.Decisions[2].Status != domain.StatusQueued {
 			t.Errorf("mixed decisions = %+v", mixed.Decisions)
 		}
 		if n := totalJobs(t, s); n != 3 {
@@ -463,7 +464,7 @@ func TestIngestIdempotency(t *testing.T) {
 		}
 		// The same alert id from another source is another alert.
 		other := mustIngest(t, s, Delivery{Source: "splunk", Alerts: []AlertInput{a1}})
-		if other.Duplicate || one(t, other).Status != StatusDuplicate {
+		if other.Duplicate || one(t, other).Status != domain.StatusDuplicate {
 			t.Errorf("other source = %+v, want a new alert whose decision is a duplicate of the open job", other)
 		}
 	})
@@ -509,10 +510,10 @@ func TestReceiptDetail(t *testing.T) {
 			t.Errorf("raw = %s, want %s", det.Alerts[0].Raw, in.Raw)
 		}
 		decs := det.Alerts[0].Decisions
-		if len(decs) != 1 || decs[0].Status != StatusQueued || decs[0].JobID != jobID || decs[0].Comment != "quick scan" || decs[0].Cooldown != "6h0m0s" {
+		if len(decs) != 1 || decs[0].Status != domain.StatusQueued || decs[0].JobID != jobID || decs[0].Comment != "quick scan" || decs[0].Cooldown != "6h0m0s" {
 			t.Errorf("decisions = %+v", decs)
 		}
-		if len(det.Jobs) != 1 || det.Jobs[0].State != JobSubmitted || det.Jobs[0].Attempts != 2 || det.Jobs[0].MachineID != machine(7) ||
+		if len(det.Jobs) != 1 || det.Jobs[0].State != domain.JobSubmitted || det.Jobs[0].Attempts != 2 || det.Jobs[0].MachineID != machine(7) ||
 			det.Jobs[0].ActionID != "act-x1" || !det.Jobs[0].Calling {
 			t.Fatalf("jobs = %+v", det.Jobs)
 		}
@@ -520,7 +521,7 @@ func TestReceiptDetail(t *testing.T) {
 		if len(hist) != 2 || hist[0].Outcome != "retry" || hist[0].Error != "defender 503" || hist[1].Outcome != "submitted" {
 			t.Errorf("history = %+v", hist)
 		}
-		if len(det.Actions) != 1 || det.Actions[0].ID != "act-x1" || det.Actions[0].Status != ActionPending {
+		if len(det.Actions) != 1 || det.Actions[0].ID != "act-x1" || det.Actions[0].Status != domain.ActionPending {
 			t.Errorf("actions = %+v", det.Actions)
 		}
 		// Served as-is: snake_case JSON.
@@ -553,7 +554,7 @@ func TestIngestRejectsBadInput(t *testing.T) {
 		{"no source", Delivery{Alerts: []AlertInput{alertIn("a")}}, "delivery source"},
 		{"empty alert id", delivery(alertIn("")), "alerts[0].id"},
 		{"bad scan", delivery(alertIn("a", DecisionInput{Scan: "Deep"})), "alerts[0].decisions[0].scan"},
-		{"negative cooldown", delivery(alertIn("a", DecisionInput{Scan: ScanQuick, Cooldown: -time.Second})), "alerts[0].decisions[0].cooldown"},
+		{"negative cooldown", delivery(alertIn("a", DecisionInput{Scan: domain.ScanQuick, Cooldown: -time.Second})), "alerts[0].decisions[0].cooldown"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -572,11 +573,11 @@ func TestIngestCleansText(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b *backend) {
 		s := b.open(t)
 		// Text PostgreSQL would refuse (NUL, invalid UTF-8) is cleaned, not fatal.
-		in := alertIn("nul\x00id", DecisionInput{Device: dev("", "h.contoso.com"), Scan: ScanQuick, Rule: "bad\xffutf8", Reason: "a\x00b", Comment: "c\x00"})
+		in := alertIn("nul\x00id", DecisionInput{Device: dev("", "h.contoso.com"), Scan: domain.ScanQuick, Rule: "bad\xffutf8", Reason: "a\x00b", Comment: "c\x00"})
 		in.Alert.Title = "t\x00\xfe"
 		in.Raw = json.RawMessage("{\"k\":\"\xff\x00\"}")
 		res := mustIngest(t, s, delivery(in))
-		if o := one(t, res); o.AlertID != "nulid" || o.Rule != "bad\uFFFDutf8" || o.Status != StatusQueued {
+		if o := one(t, res); o.AlertID != "nulid" || o.Rule != "bad\uFFFDutf8" || o.Status != domain.StatusQueued {
 			t.Errorf("cleaned outcome = %+v", o)
 		}
 		det, err := s.Receipt(context.Background(), res.Receipt)
@@ -632,7 +633,7 @@ func TestConcurrentDuplicateDeliveries(t *testing.T) {
 			if !r.Duplicate {
 				fresh++
 			}
-			if r.Receipt != results[0].Receipt || len(r.Decisions) != 1 || r.Decisions[0].Status != StatusQueued {
+			if r.Receipt != results[0].Receipt || len(r.Decisions) != 1 || r.Decisions[0].Status != domain.StatusQueued {
 				t.Errorf("delivery %d = %+v", i, r)
 			}
 		}
@@ -681,7 +682,7 @@ func TestClaimNeverHandsAJobTwice(t *testing.T) {
 							t.Errorf("job %d claimed by %s and %s", j.ID, prev, owner)
 						}
 						claimedBy[j.ID] = owner
-						if j.State != JobLeased || j.Attempts != 1 || j.Calling {
+						if j.State != domain.JobLeased || j.Attempts != 1 || j.Calling {
 							t.Errorf("claimed job = %+v", j)
 						}
 					}

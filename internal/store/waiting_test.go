@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // jobState is the state of job id as the audit trail for device shows it.
@@ -52,21 +54,21 @@ func TestFullWaitsForClaimedQuick(t *testing.T) {
 			}
 			check()
 			if err := s.CompleteJob(ctx, JobResult{JobID: quickID, Owner: owner, Outcome: OutcomeSubmitted,
-				MachineID: machine(1), ActionID: "act-q", ActionStatus: ActionPending}); err != nil {
+				MachineID: machine(1), ActionID: "act-q", ActionStatus: domain.ActionPending}); err != nil {
 				t.Fatal(err)
 			}
 			check()
-			if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "act-q", Status: ActionInProgress}}); err != nil {
+			if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "act-q", Status: domain.ActionInProgress}}); err != nil {
 				t.Fatal(err)
 			}
 			check()
-			if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "act-q", Status: ActionSucceeded}}); err != nil {
+			if err := s.UpdateActions(ctx, []ActionUpdate{{ID: "act-q", Status: domain.ActionSucceeded}}); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"submitted, action already final", func(t *testing.T, s Store, quickID int64, check func()) {
 			if err := s.CompleteJob(context.Background(), JobResult{JobID: quickID, Owner: owner, Outcome: OutcomeSubmitted,
-				MachineID: machine(1), ActionID: "act-q", ActionStatus: ActionFailed}); err != nil {
+				MachineID: machine(1), ActionID: "act-q", ActionStatus: domain.ActionFailed}); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -107,20 +109,20 @@ func TestFullWaitsForClaimedQuick(t *testing.T) {
 
 				o := one(t, mustIngest(t, s, delivery(alertIn("f", full(d)))))
 				want := fmt.Sprintf("queued Full scan (job %d) to run after the open Quick scan (job %d) ends", o.JobID, quickID)
-				if o.Status != StatusQueued || o.JobID == 0 || o.JobID == quickID || !strings.HasPrefix(o.Reason, want) {
+				if o.Status != domain.StatusQueued || o.JobID == 0 || o.JobID == quickID || !strings.HasPrefix(o.Reason, want) {
 					t.Fatalf("Full after a claimed Quick = %+v, want queued %q", o, want)
 				}
 				fullID := o.JobID
 				check := func() {
 					t.Helper()
-					if st := jobState(t, s, machine(1), fullID); st != JobWaiting {
-						t.Fatalf("Full job state = %q before the Quick ended, want %q", st, JobWaiting)
+					if st := jobState(t, s, machine(1), fullID); st != domain.JobWaiting {
+						t.Fatalf("Full job state = %q before the Quick ended, want %q", st, domain.JobWaiting)
 					}
 					st, err := s.Stats(ctx)
 					if err != nil {
 						t.Fatal(err)
 					}
-					if st.JobsByState[JobWaiting] != 1 {
+					if st.JobsByState[domain.JobWaiting] != 1 {
 						t.Fatalf("stats = %+v, want one waiting job", st)
 					}
 					for _, j := range claimAll(t, s, "other") {
@@ -135,24 +137,24 @@ func TestFullWaitsForClaimedQuick(t *testing.T) {
 				check()
 				tc.end(t, s, quickID, check)
 
-				if st := jobState(t, s, machine(1), fullID); st != JobQueued {
-					t.Fatalf("Full job state = %q after the Quick ended, want %q", st, JobQueued)
+				if st := jobState(t, s, machine(1), fullID); st != domain.JobQueued {
+					t.Fatalf("Full job state = %q after the Quick ended, want %q", st, domain.JobQueued)
 				}
 				st, err := s.Stats(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if st.JobsByState[JobWaiting] != 0 || st.JobsByState[JobQueued] != 1 || st.QueueDepth != 1 {
+				if st.JobsByState[domain.JobWaiting] != 0 || st.JobsByState[domain.JobQueued] != 1 || st.QueueDepth != 1 {
 					t.Errorf("stats after promotion = %+v", st)
 				}
 				// Promoted, the Full is the device's open job, and due now
 				// (the Quick's cooldown does not hold a Full back).
-				if o := one(t, mustIngest(t, s, delivery(alertIn("q2", quick(d))))); o.Status != StatusDuplicate ||
+				if o := one(t, mustIngest(t, s, delivery(alertIn("q2", quick(d))))); o.Status != domain.StatusDuplicate ||
 					!strings.Contains(o.Reason, fmt.Sprintf("open Full scan (job %d", fullID)) {
 					t.Errorf("Quick after promotion = %+v", o)
 				}
 				j := claimOne(t, s, "d2", fullID)
-				if j.Scan != ScanFull || j.State != JobLeased {
+				if j.Scan != domain.ScanFull || j.State != domain.JobLeased {
 					t.Errorf("claimed promoted job = %+v", j)
 				}
 			})
@@ -178,7 +180,7 @@ func TestWaitingFullDuplicates(t *testing.T) {
 		}
 		for _, tc := range cases {
 			o := one(t, mustIngest(t, s, delivery(alertIn(tc.alert, tc.in))))
-			if o.Status != StatusDuplicate || o.JobID != 0 || !strings.Contains(o.Reason, fmt.Sprintf("Full scan (job %d, waiting)", fullID)) {
+			if o.Status != domain.StatusDuplicate || o.JobID != 0 || !strings.Contains(o.Reason, fmt.Sprintf("Full scan (job %d, waiting)", fullID)) {
 				t.Errorf("%s scan while a Full waits = %+v", tc.in.Scan, o)
 			}
 		}
@@ -191,15 +193,15 @@ func TestWaitingFullDuplicates(t *testing.T) {
 		if len(jobs) != 1 || jobs[0].ID != quickID {
 			t.Errorf("claimed after lease expiry = %+v, want only the Quick %d", jobs, quickID)
 		}
-		recs, err := s.ListScans(ctx, ScanQuery{Status: JobWaiting})
-		if err != nil || len(recs) != 1 || recs[0].JobID != fullID || recs[0].Status != JobWaiting || recs[0].JobState != JobWaiting {
+		recs, err := s.ListScans(ctx, ScanQuery{Status: domain.JobWaiting})
+		if err != nil || len(recs) != 1 || recs[0].JobID != fullID || recs[0].Status != domain.JobWaiting || recs[0].JobState != domain.JobWaiting {
 			t.Errorf("ListScans(status=waiting) = %+v, %v", recs, err)
 		}
 		// A Full while a Full is open (not waiting) stays a plain duplicate.
 		if err := s.CompleteJob(ctx, JobResult{JobID: quickID, Owner: "d2", Outcome: OutcomeDead, Err: "x"}); err != nil {
 			t.Fatal(err)
 		}
-		if o := one(t, mustIngest(t, s, delivery(alertIn("f3", full(d))))); o.Status != StatusDuplicate ||
+		if o := one(t, mustIngest(t, s, delivery(alertIn("f3", full(d))))); o.Status != domain.StatusDuplicate ||
 			o.Reason != fmt.Sprintf("device already has an open Full scan (job %d, queued)", fullID) {
 			t.Errorf("Full while the promoted Full is open = %+v", o)
 		}
@@ -217,7 +219,7 @@ func TestConcurrentFullsWhileQuickLeased(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.JobsByState[JobWaiting] != 1 || st.JobsByState[JobLeased] != 1 || totalJobs(t, replicas[1]) != 2 {
+		if st.JobsByState[domain.JobWaiting] != 1 || st.JobsByState[domain.JobLeased] != 1 || totalJobs(t, replicas[1]) != 2 {
 			t.Errorf("stats = %+v, want the leased Quick and one waiting Full", st)
 		}
 	})

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // walIngests and walBound size the WAL tests: without any checkpoint this
@@ -163,7 +165,7 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := st.JobsByState[JobQueued]; got != walIngests+1 {
+	if got := st.JobsByState[domain.JobQueued]; got != walIngests+1 {
 		t.Errorf("queued jobs after reopen = %d, want %d", got, walIngests+1)
 	}
 }

@@ -2,9 +2,9 @@ package defendersim
 
 import "testing"
 
-// StartTest starts a simulator on a loopback port for a test and closes it
-// when the test ends.
-func StartTest(tb testing.TB, opts Options) *Server {
+// startTest starts a simulator on a loopback port for a test and closes it
+// when the test ends (simtest.Start, which this package's tests cannot import).
+func startTest(tb testing.TB, opts Options) *Server {
 	tb.Helper()
 	s, err := New(opts)
 	if err != nil {
