@@ -70,7 +70,7 @@ func TestVersion(t *testing.T) {
 
 // TestScanCommand runs `scanhook scan` against the simulator over TLS with
 // the real Entra ID client-secret flow, trusting the simulator's CA through
-// SSL_CERT_FILE exactly as the README tells users to.
+// SSL_CERT_FILE exactly as docs/defender-api.md ("The simulator") tells users to.
 func TestScanCommand(t *testing.T) {
 	const (
 		idA = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"

@@ -5,9 +5,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 const full = `listen: "127.0.0.1:9090"
@@ -280,32 +283,54 @@ func TestLoadMissingFile(t *testing.T) {
 	}
 }
 
-// TestREADMETuningDefaults keeps the README's table of tuning defaults
-// true: parsed, it must equal Defaults().
-func TestREADMETuningDefaults(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
+// deprecatedTuningKeys are accepted and ignored; the doc leaves them out.
+var deprecatedTuningKeys = map[string]bool{"server.timer_slack": true}
+
+// TestDocTuningDefaults keeps the tuning-defaults block of
+// docs/configuration.md true: parsed, it must equal Defaults(), and it must
+// name every server, dispatch and log key (a key left out would otherwise
+// pass, since parsing starts from the defaults).
+func TestDocTuningDefaults(t *testing.T) {
+	const file = "../../docs/configuration.md"
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(b), "<!-- tuning-defaults:begin -->")
 	block, _, ok2 := strings.Cut(rest, "<!-- tuning-defaults:end -->")
 	if !ok || !ok2 {
-		t.Fatal("README: tuning-defaults markers not found")
+		t.Fatalf("%s: tuning-defaults markers not found", file)
 	}
 	block = strings.TrimSpace(block)
 	block = strings.TrimSuffix(strings.TrimPrefix(block, "```yaml"), "```")
-	cfg, err := Parse("README.md", []byte(block))
+	cfg, err := Parse(file, []byte(block))
 	if err != nil {
-		t.Fatalf("the README's tuning block does not parse: %v", err)
+		t.Fatalf("the documented tuning block does not parse: %v", err)
 	}
 	d := Defaults()
 	if cfg.Server != d.Server {
-		t.Errorf("README server defaults %+v, code %+v", cfg.Server, d.Server)
+		t.Errorf("documented server defaults %+v, code %+v", cfg.Server, d.Server)
 	}
 	if cfg.Dispatch != d.Dispatch {
-		t.Errorf("README dispatch defaults %+v, code %+v", cfg.Dispatch, d.Dispatch)
+		t.Errorf("documented dispatch defaults %+v, code %+v", cfg.Dispatch, d.Dispatch)
 	}
 	if cfg.Log != d.Log {
-		t.Errorf("README log defaults %+v, code %+v", cfg.Log, d.Log)
+		t.Errorf("documented log defaults %+v, code %+v", cfg.Log, d.Log)
+	}
+	var doc map[string]map[string]any
+	if err := yaml.Unmarshal([]byte(block), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for section, v := range map[string]any{"server": d.Server, "dispatch": d.Dispatch, "log": d.Log} {
+		typ := reflect.TypeOf(v)
+		for i := range typ.NumField() {
+			key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+			if key == "" || key == "-" || deprecatedTuningKeys[section+"."+key] {
+				continue
+			}
+			if _, ok := doc[section][key]; !ok {
+				t.Errorf("%s: %s.%s is not in the tuning-defaults block", file, section, key)
+			}
+		}
 	}
 }
