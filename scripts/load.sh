@@ -299,25 +299,20 @@ run_phase() {
 	local attack=(attack -format=json -rate="$rate" "${workers[@]}" -duration="$duration" -timeout=10s -max-body=4096 -keepalive=true)
 	local targets=""
 	if ((rate > 0)); then
-		# A phase at a set rate reads targets written before it starts.
-		# Streamed from the generator, they cost the phase's first second
-		# the generator's start and a pipe wake-up for every few targets,
-		# on the two cores the service has: requests over 50 ms sent in the
-		# first second of a 3 s phase (5 runs each, README) 984 streamed,
-		# 619 written ahead. The file is in memory when /dev/shm has room
-		# for it, else on disk and synced, like the setup's files.
+		# A phase at a set rate reads targets written before it starts:
+		# streamed, they would cost the phase's first second the
+		# generator's start and its pipe wake-ups, on the service's cores.
+		# The file is in memory when /dev/shm has room for it, else on
+		# disk and synced, like the setup's files.
 		local n=$((rate * secs * 21 / 20 + 1000))
 		targets=$(targets_dir "$n")/$phase.targets
 		"${gen[@]}" -n "$n" >"$targets" || die "phase $phase: could not write $n targets"
 		if [[ $targets == "$WORK"/* ]]; then sync; fi
 		# vegeta decodes them all before its first request, not one by one
-		# as it sends (-lazy): decoding a target (JSON, the body in base64)
-		# is a good part of the load tool's CPU, and the phase's first
-		# second, when the service is coldest, is where the two cores run
-		# out. Requests over 50 ms in 3 s phases of one binary (10
-		# alternating runs each, README): mean 705 decoded lazily, 385
-		# decoded before. It holds them all in memory (about 12 KB each at
-		# its peak), so a phase too large for that still decodes lazily.
+		# as it sends (-lazy): decoding is a good part of the load tool's
+		# CPU, and the first second is where the service is coldest. It
+		# holds them all in memory (about 12 KB each at its peak), so a
+		# phase too large for that still decodes lazily.
 		if ((n * 12 > $(awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo) / 2)); then
 			attack+=(-lazy)
 			log "phase $phase: $n targets are too many to hold in memory; vegeta decodes them as it sends"
