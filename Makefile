@@ -37,7 +37,7 @@ help: ## list the targets
 build: ## build scanhook and defender-sim into ./bin (static, CGO_ENABLED=0)
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/scanhook ./cmd/scanhook
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/defender-sim ./cmd/defender-sim
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/defender-sim ./cmd/defender-sim
 
 .PHONY: test
 test: ## vet and run the tests with the race detector (the README's command)
