@@ -31,7 +31,7 @@ func checkSameAsEncodingJSON(t *testing.T, b []byte) {
 	if err != nil {
 		var wse *json.SyntaxError
 		var wte *json.UnmarshalTypeError
-		var gse *jsonSyntaxError
+		var gse *json.SyntaxError
 		var gte *json.UnmarshalTypeError
 		switch {
 		case errors.As(wantErr, &wse):
@@ -41,7 +41,7 @@ func checkSameAsEncodingJSON(t *testing.T, b []byte) {
 			if gse.Error() != wse.Error() || gse.Offset != wse.Offset {
 				t.Fatalf("input %q: got %q at %d, want %q at %d", b, gse.Error(), gse.Offset, wse.Error(), wse.Offset)
 			}
-			if got, want := parseErrText(err), jsonErrText(wantErr); got != want {
+			if got, want := jsonErrText(err), jsonErrText(wantErr); got != want {
 				t.Fatalf("input %q: text %q, want %q", b, got, want)
 			}
 		case errors.As(wantErr, &wte):
@@ -236,7 +236,7 @@ func TestParseJSONErrors(t *testing.T) {
 			t.Errorf("%q: no error", c.in)
 			continue
 		}
-		if got := parseErrText(err); got != c.want {
+		if got := jsonErrText(err); got != c.want {
 			t.Errorf("%q: %q, want %q", c.in, got, c.want)
 		}
 		// Decode words it the same way, under the body field.
