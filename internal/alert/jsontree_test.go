@@ -260,6 +260,8 @@ func TestArrayItemSpans(t *testing.T) {
 		{`{"v\u0061lue":[true]}`, "value", []string{`true`}},
 		{`{"alerts":"[1,2]","value":[{}]}`, "value", []string{`{}`}},
 		{`{"value":null}`, "value", []string{}},
+		{`{"value":{},"value":[1]}`, "value", []string{`1`}},
+		{`{"value":[1],"value":{}}`, "value", nil},
 		{`{"value":{}}`, "value", nil},
 		{`{"other":[1]}`, "value", nil},
 		{`{"value":"x"}`, "value", nil},
