@@ -262,8 +262,11 @@ var errNotList = errors.New("no JSON array there")
 // is the array). A repeated key counts with its last value, as in the tree.
 // A null there gives no spans.
 func arrayItemSpans(b []byte, key string) ([][2]int, error) {
-	in := bytes.NewBuffer(b)
-	d := jsontext.NewDecoder(in, jsonOpts...)
+	p := treePool.Get().(*treeParser)
+	defer p.release()
+	p.in = *bytes.NewBuffer(b)
+	p.dec.Reset(&p.in, jsonOpts...)
+	d := &p.dec
 	if key == "" {
 		return itemSpans(d)
 	}
@@ -275,7 +278,6 @@ func arrayItemSpans(b []byte, key string) ([][2]int, error) {
 	}
 	var spans [][2]int
 	found := false
-	var buf []byte
 	for d.PeekKind() != '}' {
 		name, err := d.ReadValue()
 		if err != nil {
@@ -285,8 +287,8 @@ func arrayItemSpans(b []byte, key string) ([][2]int, error) {
 		if bytes.IndexByte(name, '\\') < 0 && utf8.Valid(name) {
 			match = string(name[1:len(name)-1]) == key
 		} else {
-			buf, _ = jsontext.AppendUnquote(buf[:0], name)
-			match = string(buf) == key
+			p.buf, _ = jsontext.AppendUnquote(p.buf[:0], name)
+			match = string(p.buf) == key
 		}
 		if !match {
 			if err := d.SkipValue(); err != nil {
