@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -339,4 +340,32 @@ func BenchmarkDecodeDefender(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// parseJSON reuses its decoder and scratch stacks through a pool: neither a
+// body that failed half-way nor one parsed at the same time may leak into
+// another's tree.
+func TestParseJSONReuse(t *testing.T) {
+	for _, bad := range []string{`{"a":[1,2,{"b":`, `[[[{"x":"y"`, `{"a":1,"a":[`, "[\"\xff\", {\"k\": 1e400}, ]"} {
+		if _, err := parseJSON([]byte(bad)); err == nil {
+			t.Fatalf("%q: no error", bad)
+		}
+		checkSameAsEncodingJSON(t, []byte(`{"c":[3,{"d":[]}],"e":{}}`))
+	}
+	bodies := [][]byte{sentinelIncident50KB(), []byte(`[1,"a",{"b":[null,true]}]`), []byte(`{"x":"\u00e9\n","y":-0}`)}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				b := bodies[(g+i)%len(bodies)]
+				got, err := parseJSON(b)
+				want, _ := stdAny(b)
+				if err != nil || !reflect.DeepEqual(got, want) {
+					t.Errorf("body %d: tree differs (%v)", (g+i)%len(bodies), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
