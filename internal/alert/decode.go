@@ -115,7 +115,7 @@ func Decode(source string, body []byte, opts Options) ([]Alert, error) {
 	}
 	v, err := parseJSON(body)
 	if err != nil {
-		return nil, &FieldError{Field: rootPath, Msg: "not valid JSON: " + parseErrText(err)}
+		return nil, &FieldError{Field: rootPath, Msg: "not valid JSON: " + jsonErrText(err)}
 	}
 	alerts, err := dec(node{v: v}, body, opts)
 	if err != nil {

@@ -40,7 +40,7 @@ func fuzzDecode(t *testing.T, source string, body []byte, opts Options) {
 			t.Fatalf("uncapped devices: %d, %d", len(a.Devices), len(a.Dropped))
 		}
 		for _, d := range a.Devices {
-			if d.ID == "" && d.DNSName == "" {
+			if d.ID == "" && d.DNSName == "" && d.AADDeviceID == "" {
 				t.Fatalf("empty device")
 			}
 			if d.ID != "" && (!ValidMachineID(d.ID) || d.ID != strings.ToLower(d.ID)) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -31,7 +32,7 @@ func checkSameAsEncodingJSON(t *testing.T, b []byte) {
 	if err != nil {
 		var wse *json.SyntaxError
 		var wte *json.UnmarshalTypeError
-		var gse *jsonSyntaxError
+		var gse *json.SyntaxError
 		var gte *json.UnmarshalTypeError
 		switch {
 		case errors.As(wantErr, &wse):
@@ -41,7 +42,7 @@ func checkSameAsEncodingJSON(t *testing.T, b []byte) {
 			if gse.Error() != wse.Error() || gse.Offset != wse.Offset {
 				t.Fatalf("input %q: got %q at %d, want %q at %d", b, gse.Error(), gse.Offset, wse.Error(), wse.Offset)
 			}
-			if got, want := parseErrText(err), jsonErrText(wantErr); got != want {
+			if got, want := jsonErrText(err), jsonErrText(wantErr); got != want {
 				t.Fatalf("input %q: text %q, want %q", b, got, want)
 			}
 		case errors.As(wantErr, &wte):
@@ -236,7 +237,7 @@ func TestParseJSONErrors(t *testing.T) {
 			t.Errorf("%q: no error", c.in)
 			continue
 		}
-		if got := parseErrText(err); got != c.want {
+		if got := jsonErrText(err); got != c.want {
 			t.Errorf("%q: %q, want %q", c.in, got, c.want)
 		}
 		// Decode words it the same way, under the body field.
@@ -260,6 +261,8 @@ func TestArrayItemSpans(t *testing.T) {
 		{`{"v\u0061lue":[true]}`, "value", []string{`true`}},
 		{`{"alerts":"[1,2]","value":[{}]}`, "value", []string{`{}`}},
 		{`{"value":null}`, "value", []string{}},
+		{`{"value":{},"value":[1]}`, "value", []string{`1`}},
+		{`{"value":[1],"value":{}}`, "value", nil},
 		{`{"value":{}}`, "value", nil},
 		{`{"other":[1]}`, "value", nil},
 		{`{"value":"x"}`, "value", nil},
@@ -337,4 +340,32 @@ func BenchmarkDecodeDefender(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// parseJSON reuses its decoder and scratch stacks through a pool: neither a
+// body that failed half-way nor one parsed at the same time may leak into
+// another's tree.
+func TestParseJSONReuse(t *testing.T) {
+	for _, bad := range []string{`{"a":[1,2,{"b":`, `[[[{"x":"y"`, `{"a":1,"a":[`, "[\"\xff\", {\"k\": 1e400}, ]"} {
+		if _, err := parseJSON([]byte(bad)); err == nil {
+			t.Fatalf("%q: no error", bad)
+		}
+		checkSameAsEncodingJSON(t, []byte(`{"c":[3,{"d":[]}],"e":{}}`))
+	}
+	bodies := [][]byte{sentinelIncident50KB(), []byte(`[1,"a",{"b":[null,true]}]`), []byte(`{"x":"\u00e9\n","y":-0}`)}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				b := bodies[(g+i)%len(bodies)]
+				got, err := parseJSON(b)
+				want, _ := stdAny(b)
+				if err != nil || !reflect.DeepEqual(got, want) {
+					t.Errorf("body %d: tree differs (%v)", (g+i)%len(bodies), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -10,7 +10,7 @@ import (
 // rootPath names the body as a whole in a FieldError.
 const rootPath = "body"
 
-// node is one value of a body decoded by encoding/json into any, with its
+// node is one value of a body decoded by parseJSON into any, with its
 // JSON path, so that every type error names the exact field.
 // A nil v means missing or null: both are "not given".
 type node struct {

@@ -125,7 +125,8 @@ func sentinelAlert(root node) (Alert, error) {
 		// The trigger may carry Entities as a string holding the array.
 		var v any
 		if strings.TrimSpace(s) != "" {
-			if err := json.Unmarshal([]byte(s), &v); err != nil {
+			var err error
+			if v, err = parseJSON([]byte(s)); err != nil {
 				return Alert{}, &FieldError{Field: ents.path, Msg: "a string that does not hold a JSON array: " + jsonErrText(err)}
 			}
 		}
