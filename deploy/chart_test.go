@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/dispatch"
 	"github.com/scanhook/scanhook/rules"
 )
 
@@ -593,6 +595,77 @@ func TestNotes(t *testing.T) {
 				if strings.Contains(got, w) {
 					t.Errorf("NOTES.txt has %q:\n%s", w, got)
 				}
+			}
+		})
+	}
+}
+
+// TestTerminationGracePeriod: Kubernetes must not kill a pod before it has
+// stopped cleanly, which takes, one after the other, the preStop sleep,
+// the HTTP drain (server.shutdown_timeout) and the dispatcher's stop
+// (internal/dispatch Run: DefaultShutdownGrace for attempts in flight, 5s
+// for cancelled ones, up to 10s to hand jobs back). The expected value is
+// worked out from the config the pod loads, not from the chart's values.
+func TestTerminationGracePeriod(t *testing.T) {
+	t.Parallel()
+	// stuckAfterCancel and ReleaseJobs' timeout are unexported constants
+	// of internal/dispatch; keep these in step with Dispatcher.Run.
+	const cancelled, release, spare = 5 * time.Second, 10 * time.Second, 5 * time.Second
+	dispatcherStop := dispatch.DefaultShutdownGrace + cancelled + release
+	cases := []struct {
+		name   string
+		values string
+		want   int64 // 0: the derived sum
+	}{
+		{"defaults", "", 0},
+		{"longer drain and no preStop", "preStopSleepSeconds: 0\nconfig: {server: {shutdown_timeout: 1m30.5s}}\n", 0},
+		{"sub-second drain", "preStopSleepSeconds: 12\nconfig: {server: {shutdown_timeout: 1500ms}}\n", 0},
+		{"set above the sum", "terminationGracePeriodSeconds: 120\n", 120},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			r := render(t, writeValues(t, c.values))
+			cfg := checkConfigLoads(t, r)
+			pod := r.Deployment.Spec.Template.Spec
+			var preStop time.Duration
+			if l := pod.Containers[0].Lifecycle; l != nil && l.PreStop != nil && l.PreStop.Sleep != nil {
+				preStop = time.Duration(l.PreStop.Sleep.Seconds) * time.Second
+			}
+			need := preStop + cfg.Server.ShutdownTimeout + dispatcherStop + spare
+			needSeconds := int64((need + time.Second - 1) / time.Second)
+			want := c.want
+			if want == 0 {
+				want = needSeconds
+			}
+			got := pod.TerminationGracePeriodSeconds
+			if got == nil || *got != want {
+				t.Fatalf("terminationGracePeriodSeconds %v, want %d (preStop %s + shutdown_timeout %s + dispatcher %s + %s)",
+					got, want, preStop, cfg.Server.ShutdownTimeout, dispatcherStop, spare)
+			}
+			if *got < needSeconds {
+				t.Errorf("terminationGracePeriodSeconds %d is below the %d s a pod needs to stop", *got, needSeconds)
+			}
+		})
+	}
+	if got := render(t).Deployment.Spec.Template.Spec.TerminationGracePeriodSeconds; got == nil || *got != 55 {
+		t.Errorf("default terminationGracePeriodSeconds %v, want 55 as values.yaml says", got)
+	}
+
+	refused := []struct{ name, values, want string }{
+		{"set below the sum", "terminationGracePeriodSeconds: 40\n",
+			"terminationGracePeriodSeconds is 40 but a pod needs 55 to stop cleanly"},
+		{"below a longer drain", "terminationGracePeriodSeconds: 60\nconfig: {server: {shutdown_timeout: 1m}}\n",
+			"terminationGracePeriodSeconds is 60 but a pod needs 95 to stop cleanly"},
+		{"not a Go duration", "config: {server: {shutdown_timeout: 1d}}\n",
+			`"1d" is not a Go duration`},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			_, errOut, err := helm(t, templateArgs(writeValues(t, c.values))...)
+			if err == nil || !strings.Contains(errOut, c.want) {
+				t.Errorf("helm template: err %v, want an error with %q:\n%s", err, c.want, errOut)
 			}
 		})
 	}

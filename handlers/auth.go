@@ -1,11 +1,12 @@
 package handlers
 
 import (
-	"container/heap"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v5"
+	"golang.org/x/time/rate"
 )
 
 // SignatureHeader carries the HMAC signature:
@@ -22,13 +24,6 @@ const SignatureHeader = "X-Scanhook-Signature"
 
 // maxSignatures bounds the v1 values checked per request.
 const maxSignatures = 4
-
-// maxReplayEntries bounds the replay cache. An entry is ~100 bytes, and
-// only signatures that verified and led to a 202 are kept, for at most
-// twice the skew; at the default ingest limit of 1000/s the window holds
-// 600k, so a sender that fills this is refused (503) rather than let
-// replays through.
-const maxReplayEntries = 1 << 19
 
 // auth is the outcome of authenticating a webhook request.
 type auth struct {
@@ -118,11 +113,12 @@ func (a *api) checkSignature(c *echo.Context, src *source, values []string) (aut
 		if hmac.Equal(got, want) {
 			// Keyed by source too: two sources sharing a secret must not
 			// see each other's signatures as replays.
-			k := sha256.Sum256(append([]byte(src.name+"\x00"), want...))
 			// Remembered until the signature is stale in any case (the
 			// timestamp may be up to the skew in the future), with a
 			// second to spare at the boundary.
-			return auth{body: body, replayKey: &k, replayUntil: signed.Add(signatureSkew + time.Second)}, nil
+			until := signed.Add(signatureSkew + time.Second)
+			k := replayKeyFor(src.name, want, until)
+			return auth{body: body, replayKey: &k, replayUntil: until}, nil
 		}
 	}
 	return auth{}, errUnauthorized(false)
@@ -177,46 +173,76 @@ func (a *api) requireReadToken(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// replayKeyFor is the replay cache's key for a signature: the first 24
+// bytes of SHA-256(source, NUL, HMAC), then the unix second of until, so
+// that the cache can find the key's set from the key alone (release).
+func replayKeyFor(source string, mac []byte, until time.Time) [sha256.Size]byte {
+	k := sha256.Sum256(append([]byte(source+"\x00"), mac...))
+	binary.BigEndian.PutUint64(k[24:], uint64(until.Unix()))
+	return k
+}
+
 // replayCache remembers accepted signatures until they expire. A signature
 // is reserved when it verifies and released if the request then fails, so
 // that a sender may retry a delivery scanhook did not accept, while two
 // concurrent copies of one signed request cannot both get through.
 //
 // A key's expiry comes from the signed timestamp, so a key always has the
-// same expiry: a released key keeps its slot (marked not live) and a retry
-// reuses it, which keeps the heap and the map the same size.
+// same expiry, and the keys are kept in one set per second of expiry: a
+// lookup reads one set, and a second's set is dropped whole once it has
+// passed. A released key is deleted, so a delivery the ingest limiter
+// refused (429) holds no room: the cache holds only deliveries the limiter
+// admitted within the window, plus those in flight.
+//
+// A key is held as its first 128 bits (of a SHA-256, see replayKeyFor):
+// ample to tell signatures apart, and half the memory. A key costs about
+// 30 bytes (16 in the set, the rest map overhead; measured), so signed
+// deliveries at the default ingest limit of 5,000/s hold about 45 MB with
+// senders' clocks in step (keys live five minutes), and at most about
+// 90 MB when every sender signs five minutes ahead (keys live ten).
 type replayCache struct {
-	mu    sync.Mutex
-	max   int
-	keys  map[[sha256.Size]byte]*replaySlot
-	byExp expiryHeap
+	mu sync.Mutex
+	// max bounds the keys held (0: no bound); see replayCapacity.
+	max int
+	n   int
+	// bySecond holds the keys by the unix second of their expiry; low is
+	// at or below the oldest second it may hold.
+	bySecond map[int64]map[replayKey]struct{}
+	low      int64
 }
 
-type replaySlot struct {
-	exp  int64 // unix nanoseconds
-	live bool  // false: released, a new reserve may take it
-}
+type replayKey [16]byte
 
-type replayEntry struct {
-	key [sha256.Size]byte
-	exp int64
-}
+// replayRetention is the longest a key can be held after it is reserved:
+// a timestamp up to the skew ahead expires twice the skew and a second
+// later, and its second's set is dropped a second after that.
+const replayRetention = 2*signatureSkew + 2*time.Second
 
-type expiryHeap []replayEntry
+// minReplayEntries is the least capacity a limited cache gets, so that a
+// very low ingest limit still leaves room for its burst and retries.
+const minReplayEntries = 1 << 12
 
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].exp < h[j].exp }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(replayEntry)) }
-func (h *expiryHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+// replayCapacity is the most keys the replay cache can have to hold when
+// lim admits the signed deliveries and at most maxInFlight are being
+// handled at once: lim admits at most its burst plus rate × retention
+// within the retention, and each delivery in flight may hold a
+// reservation the limiter has not yet seen. 0 means unbounded: without
+// an ingest limit, memory is bounded by what the server can take in within
+// the retention. A cache of this size never refuses a signed delivery the
+// limiter would admit.
+func replayCapacity(lim *rate.Limiter, maxInFlight int) int {
+	if lim == nil || lim.Limit() == rate.Inf {
+		return 0
+	}
+	n := float64(lim.Burst()) + math.Ceil(float64(lim.Limit())*replayRetention.Seconds()) + float64(maxInFlight) + 1
+	if n > 1<<40 {
+		return 0
+	}
+	return max(int(n), minReplayEntries)
 }
 
 func newReplayCache(maxEntries int) *replayCache {
-	return &replayCache{max: maxEntries, keys: map[[sha256.Size]byte]*replaySlot{}}
+	return &replayCache{max: maxEntries, bySecond: map[int64]map[replayKey]struct{}{}}
 }
 
 // reserve records key until exp. It reports false if key is already
@@ -224,31 +250,81 @@ func newReplayCache(maxEntries int) *replayCache {
 func (r *replayCache) reserve(key [sha256.Size]byte, exp, now time.Time) (ok, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := now.UnixNano()
-	for len(r.byExp) > 0 && r.byExp[0].exp <= n {
-		e := heap.Pop(&r.byExp).(replayEntry)
-		delete(r.keys, e.key)
-	}
-	if slot, seen := r.keys[key]; seen {
-		if slot.live {
-			return false, false
-		}
-		slot.live = true
+	r.expire(now.Unix())
+	sec := expirySecond(exp)
+	if sec < now.Unix() {
+		// Already past: its set would be dropped at once. The signature
+		// check refuses such a timestamp before it gets here.
 		return true, false
 	}
-	if len(r.byExp) >= r.max {
+	k := replayKey(key[:16])
+	set := r.bySecond[sec]
+	if _, seen := set[k]; seen {
+		return false, false
+	}
+	if r.max > 0 && r.n >= r.max {
 		return false, true
 	}
-	r.keys[key] = &replaySlot{exp: exp.UnixNano(), live: true}
-	heap.Push(&r.byExp, replayEntry{key: key, exp: exp.UnixNano()})
+	if set == nil {
+		set = map[replayKey]struct{}{}
+		r.bySecond[sec] = set
+		r.low = min(r.low, sec)
+	}
+	set[k] = struct{}{}
+	r.n++
 	return true, false
 }
 
-// release forgets a reserved key (its request was not accepted).
+// release forgets a reserved key (its request was not accepted). A key
+// made by replayKeyFor names its expiry second; any other is looked for in
+// every second's set.
 func (r *replayCache) release(key [sha256.Size]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if slot := r.keys[key]; slot != nil {
-		slot.live = false
+	k := replayKey(key[:16])
+	if set := r.bySecond[int64(binary.BigEndian.Uint64(key[24:]))]; set != nil {
+		if _, ok := set[k]; ok {
+			delete(set, k)
+			r.n--
+			return
+		}
 	}
+	for _, set := range r.bySecond {
+		if _, ok := set[k]; ok {
+			delete(set, k)
+			r.n--
+			return
+		}
+	}
+}
+
+// expirySecond is the second whose set holds a key expiring at exp: the
+// second exp falls in, so that the set is dropped only once every key in
+// it has expired.
+func expirySecond(exp time.Time) int64 { return exp.Unix() }
+
+// expire drops the sets of the seconds before now: every key in them
+// expired at least a second ago.
+func (r *replayCache) expire(now int64) {
+	if now <= r.low {
+		return
+	}
+	if now-r.low > int64(len(r.bySecond)) {
+		// A long quiet spell (or the first call): look only at the sets
+		// there are.
+		for sec, set := range r.bySecond {
+			if sec < now {
+				r.n -= len(set)
+				delete(r.bySecond, sec)
+			}
+		}
+	} else {
+		for sec := r.low; sec < now; sec++ {
+			if set, ok := r.bySecond[sec]; ok {
+				r.n -= len(set)
+				delete(r.bySecond, sec)
+			}
+		}
+	}
+	r.low = now
 }

@@ -172,7 +172,7 @@ func New(deps Deps) (*echo.Echo, error) {
 		limiter:  deps.IngestLimiter,
 		inFlight: make(chan struct{}, deps.MaxInFlight),
 		now:      deps.Now,
-		replay:   newReplayCache(maxReplayEntries),
+		replay:   newReplayCache(replayCapacity(deps.IngestLimiter, deps.MaxInFlight)),
 	}
 	if len(deps.APIToken) > 0 {
 		a.readTokens = append(a.readTokens, sha256.Sum256(deps.APIToken))

@@ -64,6 +64,65 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "scanhook.containerPort" -}}8080{{- end }}
 
 {{/*
+scanhook.durationSeconds is a Go duration string ("20s", "1m30s", "500ms")
+in whole seconds, rounded up. It fails on anything time.ParseDuration would
+refuse that the schema lets through.
+*/}}
+{{- define "scanhook.durationSeconds" -}}
+{{- $d := toString . }}
+{{- $parts := regexFindAll "[0-9]+(\\.[0-9]*)?(ns|us|µs|μs|ms|s|m|h)" $d -1 }}
+{{- if or (not $parts) (ne (join "" $parts) $d) }}
+{{- fail (printf "%q is not a Go duration such as 20s or 1m30s (units ns, us, ms, s, m, h)" $d) }}
+{{- end }}
+{{- $unit := dict "ns" 0.000000001 "us" 0.000001 "µs" 0.000001 "μs" 0.000001 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 }}
+{{- $sec := 0.0 }}
+{{- range $parts }}
+{{- $u := regexFind "(ns|us|µs|μs|ms|s|m|h)$" . }}
+{{- $sec = addf $sec (mulf (trimSuffix $u . | float64) (get $unit $u)) }}
+{{- end }}
+{{- ceil $sec | int }}
+{{- end }}
+
+{{/*
+scanhook.dispatchStopSeconds is the longest scanhook's dispatcher takes to
+stop once the HTTP server has drained (internal/dispatch, Dispatcher.Run):
+up to 10s for Defender calls in flight (DefaultShutdownGrace, at most
+dispatch.lease/2), 5s more for those it then cancels (stuckAfterCancel),
+and up to 10s to hand the jobs it holds back to the queue (ReleaseJobs).
+Killed before that, its jobs wait out their lease before another replica
+takes them.
+*/}}
+{{- define "scanhook.dispatchStopSeconds" -}}25{{- end }}
+
+{{/*
+scanhook.stopSeconds is how long a pod needs from the moment it is told to
+terminate: the preStop sleep, then on SIGTERM the HTTP drain
+(config.server.shutdown_timeout, scanhook's default 20s), then the
+dispatcher's stop, and 5s to spare for closing the store and exiting.
+*/}}
+{{- define "scanhook.stopSeconds" -}}
+{{- $server := default dict (get (default dict .Values.config) "server") }}
+{{- $drain := include "scanhook.durationSeconds" (default "20s" (get $server "shutdown_timeout")) | int }}
+{{- add (int .Values.preStopSleepSeconds) $drain (include "scanhook.dispatchStopSeconds" . | int) 5 }}
+{{- end }}
+
+{{/*
+scanhook.terminationGracePeriodSeconds is terminationGracePeriodSeconds
+when set, else scanhook.stopSeconds; a set value below that is refused.
+*/}}
+{{- define "scanhook.terminationGracePeriodSeconds" -}}
+{{- $need := include "scanhook.stopSeconds" . | int }}
+{{- $set := .Values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $set }}
+{{- $need }}
+{{- else if lt (int $set) $need }}
+{{- fail (printf "terminationGracePeriodSeconds is %d but a pod needs %d to stop cleanly: preStopSleepSeconds + config.server.shutdown_timeout + %ds for the dispatcher + 5s; leave it null to derive it, or lower config.server.shutdown_timeout or preStopSleepSeconds" (int $set) $need (include "scanhook.dispatchStopSeconds" . | int)) }}
+{{- else }}
+{{- int $set }}
+{{- end }}
+{{- end }}
+
+{{/*
 scanhook.validate refuses combinations the schema cannot express, each with
 a message that says what to change. It renders nothing.
 */}}
