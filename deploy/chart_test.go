@@ -603,15 +603,13 @@ func TestNotes(t *testing.T) {
 // TestTerminationGracePeriod: Kubernetes must not kill a pod before it has
 // stopped cleanly, which takes, one after the other, the preStop sleep,
 // the HTTP drain (server.shutdown_timeout) and the dispatcher's stop
-// (internal/dispatch Run: DefaultShutdownGrace for attempts in flight, 5s
-// for cancelled ones, up to 10s to hand jobs back). The expected value is
-// worked out from the config the pod loads, not from the chart's values.
+// (dispatch.MaxStopTime: attempts in flight, cancelled ones, handing jobs
+// back). The expected value is worked out from the config the pod loads,
+// not from the chart's values.
 func TestTerminationGracePeriod(t *testing.T) {
 	t.Parallel()
-	// stuckAfterCancel and ReleaseJobs' timeout are unexported constants
-	// of internal/dispatch; keep these in step with Dispatcher.Run.
-	const cancelled, release, spare = 5 * time.Second, 10 * time.Second, 5 * time.Second
-	dispatcherStop := dispatch.DefaultShutdownGrace + cancelled + release
+	const spare = 5 * time.Second
+	dispatcherStop := dispatch.MaxStopTime
 	cases := []struct {
 		name   string
 		values string

@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"net/url"
 	"os"
 	"path"
@@ -12,6 +11,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 
 	yaml "go.yaml.in/yaml/v3"
 
@@ -78,7 +80,7 @@ func webhookSource(t *testing.T, raw string) (string, url.Values) {
 		t.Fatalf("URL %q: %v", raw, err)
 	}
 	dir, src := path.Split(u.Path)
-	if dir != "/v1/webhooks/" || !slices.Contains(alert.Sources(), src) {
+	if dir != "/v1/webhooks/" || !slices.Contains(domain.Sources(), src) {
 		t.Fatalf("URL %q does not post to /v1/webhooks/{source}", raw)
 	}
 	return src, u.Query()
@@ -203,12 +205,12 @@ func TestConnectSourcesExamples(t *testing.T) {
 			t.Errorf("posts to %s", src)
 		}
 		incident := decode(t, src, logicAppEval(t, expr, map[string][]byte{"@triggerBody()": []byte(get("sentinel-incident-body"))}), alert.Options{})
-		if len(incident) != 1 || incident[0].Severity != alert.High {
+		if len(incident) != 1 || incident[0].Severity != domain.SeverityHigh {
 			t.Fatalf("incident: %+v", incident)
 		}
 		wantDevice(t, incident[0], alert.Device{ID: "95ffd3240bde37ef347cf836db74b13f85cbf185", DNSName: "ws-0142.corp.example.com"})
 		alerts := decode(t, src, logicAppEval(t, expr, map[string][]byte{"@triggerBody()": []byte(get("sentinel-alert-body"))}), alert.Options{})
-		if len(alerts) != 1 || alerts[0].Severity != alert.Medium {
+		if len(alerts) != 1 || alerts[0].Severity != domain.SeverityMedium {
 			t.Fatalf("alert trigger: %+v", alerts)
 		}
 		wantDevice(t, alerts[0], alert.Device{ID: "cccccccccccccccccccccccccccccccccccccccc", DNSName: "laptop-7.corp.example.com"})
@@ -277,7 +279,7 @@ func TestConnectSourcesExamples(t *testing.T) {
 			t.Errorf("Splunk URL %q: want /v1/webhooks/splunk with ?token=", hookURL)
 		}
 		got := decode(t, src, []byte(get("splunk-body")), alert.Options{})
-		if got[0].Severity != alert.High || got[0].Title != "EDR - Malware on endpoint" {
+		if got[0].Severity != domain.SeverityHigh || got[0].Title != "EDR - Malware on endpoint" {
 			t.Errorf("splunk alert %+v", got[0])
 		}
 		wantDevice(t, got[0], alert.Device{ID: "95ffd3240bde37ef347cf836db74b13f85cbf185", DNSName: "ws-0142.corp.example.com"})
@@ -357,7 +359,7 @@ func TestConnectSourcesExamples(t *testing.T) {
 			t.Fatal("no webhook_configs")
 		}
 		got := decode(t, "alertmanager", []byte(get("alertmanager-body")), alert.Options{})
-		if got[0].Severity != alert.Critical {
+		if got[0].Severity != domain.SeverityCritical {
 			t.Errorf("severity %s", got[0].Severity)
 		}
 		wantDevice(t, got[0], alert.Device{ID: "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567", DNSName: "build-07.corp.example.com"})
@@ -379,7 +381,7 @@ func TestConnectSourcesExamples(t *testing.T) {
 			t.Errorf("action group webhook %+v", ag)
 		}
 		got := decode(t, src, []byte(get("azuremonitor-body")), alert.Options{})
-		if got[0].Severity != alert.High || got[0].Skip != "" {
+		if got[0].Severity != domain.SeverityHigh || got[0].Skip != "" {
 			t.Errorf("azure monitor alert %+v", got[0])
 		}
 		wantDevice(t, got[0], alert.Device{ID: "5b6a7d8e9f0112233445566778899aabbccddeef"})

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // BenchmarkWebhook posts Defender alerts in parallel over a real listener
@@ -19,7 +19,7 @@ import (
 // 8 goroutines per CPU send at once.
 func BenchmarkWebhook(b *testing.B) {
 	e := newEnv(b, func(d *Deps) { d.Logger = slog.New(slog.DiscardHandler) })
-	sample := samples(b)[alert.SourceDefender]
+	sample := samples(b)[domain.SourceDefender]
 	const id = "da637472900382838869_1364969609"
 	if !bytes.Contains(sample, []byte(id)) {
 		b.Fatal("sample id not found")

@@ -1,4 +1,4 @@
-// Package handlers owns scanhook's HTTP API (DESIGN.md "HTTP API"): the
+// Package handlers owns scanhook's HTTP API (README, "HTTP API"): the
 // webhook intake with per-source authentication, the read endpoints over the
 // store, explain, health, readiness and metrics. It is built on Echo v5.
 //
@@ -33,6 +33,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/config"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 	"github.com/scanhook/scanhook/rules"
 )
@@ -96,8 +97,7 @@ type Deps struct {
 // senders put nothing large in headers; 64 KiB leaves room for long tokens.
 const MaxHeaderBytes = 64 << 10
 
-// signatureSkew is how far a signature's timestamp may be from now, either
-// way (DESIGN.md: 5 min skew).
+// signatureSkew is how far a signature's timestamp may be from now, either way.
 const signatureSkew = 5 * time.Minute
 
 // api holds the handlers' state.
@@ -127,7 +127,7 @@ type source struct {
 }
 
 // New builds the HTTP handler. It refuses a source that is not one of
-// alert.Sources(), has no credential without NoAuth, or is the generic
+// domain.Sources(), has no credential without NoAuth, or is the generic
 // source without a mapping: each would fail every request at run time.
 func New(deps Deps) (*echo.Echo, error) {
 	if deps.Store == nil || deps.Rules == nil {
@@ -184,14 +184,14 @@ func New(deps Deps) (*echo.Echo, error) {
 	slices.Sort(names)
 	for _, name := range names {
 		s := deps.Sources[name]
-		if !slices.Contains(alert.Sources(), name) {
-			return nil, fmt.Errorf("handlers: source %q is not one of %s", name, strings.Join(alert.Sources(), ", "))
+		if !slices.Contains(domain.Sources(), name) {
+			return nil, fmt.Errorf("handlers: source %q is not one of %s", name, strings.Join(domain.Sources(), ", "))
 		}
 		sec := s.Secrets
 		if !sec.NoAuth && len(sec.Bearer) == 0 && len(sec.HMAC) == 0 && len(sec.Query) == 0 {
 			return nil, fmt.Errorf("handlers: source %q has no credential and is not insecure_no_auth", name)
 		}
-		if name == alert.SourceGeneric {
+		if name == domain.SourceGeneric {
 			if s.Alert.Generic == nil {
 				return nil, fmt.Errorf("handlers: source %q: %w", name, alert.ErrNoMapping)
 			}

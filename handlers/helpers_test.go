@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,12 +61,12 @@ var genericMapping = &alert.GenericMapping{ID: "id", Severity: "sev", Title: "ti
 func testSources() map[string]Source {
 	out := map[string]Source{}
 	opts := alert.Options{Generic: genericMapping}
-	for _, name := range alert.Sources() {
+	for _, name := range domain.Sources() {
 		sec := config.SourceSecrets{Bearer: []byte(bearerFor(name))}
 		switch name {
-		case alert.SourceSentinel:
+		case domain.SourceSentinel:
 			sec.HMAC = []byte(hmacSecret)
-		case alert.SourceSplunk:
+		case domain.SourceSplunk:
 			sec.Query = []byte(queryToken)
 		}
 		out[name] = Source{Secrets: sec, Alert: opts}
@@ -263,14 +264,14 @@ func readFile(t testing.TB, path string) []byte {
 // samples are one real body per source.
 func samples(t testing.TB) map[string][]byte {
 	return map[string][]byte{
-		alert.SourceDefender:     readFile(t, "../testdata/samples/mde-alert.json"),
-		alert.SourceGraph:        readFile(t, "../testdata/samples/graph-alert-v2.json"),
-		alert.SourceSentinel:     readFile(t, "../internal/alert/testdata/sentinel-incident-hosts.json"),
-		alert.SourceAzureMonitor: readFile(t, "../internal/alert/testdata/azuremonitor-fired-custom.json"),
-		alert.SourceSplunk:       readFile(t, "../internal/alert/testdata/splunk-device.json"),
-		alert.SourceElastic:      readFile(t, "../internal/alert/testdata/elastic-two-alerts.json"),
-		alert.SourceAlertmanager: readFile(t, "../internal/alert/testdata/alertmanager-firing-resolved.json"),
-		alert.SourceGeneric:      []byte(`{"id":"g-1","sev":"high","title":"Generic alert","host":"srv-9.corp.example.com"}`),
+		domain.SourceDefender:     readFile(t, "../testdata/samples/mde-alert.json"),
+		domain.SourceGraph:        readFile(t, "../testdata/samples/graph-alert-v2.json"),
+		domain.SourceSentinel:     readFile(t, "../internal/alert/testdata/sentinel-incident-hosts.json"),
+		domain.SourceAzureMonitor: readFile(t, "../internal/alert/testdata/azuremonitor-fired-custom.json"),
+		domain.SourceSplunk:       readFile(t, "../internal/alert/testdata/splunk-device.json"),
+		domain.SourceElastic:      readFile(t, "../internal/alert/testdata/elastic-two-alerts.json"),
+		domain.SourceAlertmanager: readFile(t, "../internal/alert/testdata/alertmanager-firing-resolved.json"),
+		domain.SourceGeneric:      []byte(`{"id":"g-1","sev":"high","title":"Generic alert","host":"srv-9.corp.example.com"}`),
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 
 	"github.com/labstack/echo/v5"
 
-	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // Context keys set by observe and the handlers.
@@ -160,4 +160,4 @@ func methodLabel(m string) string {
 
 // knownSource keeps metric labels bounded: a name from the URL is used
 // only when it is one of the source names.
-func knownSource(name string) bool { return slices.Contains(alert.Sources(), name) }
+func knownSource(name string) bool { return slices.Contains(domain.Sources(), name) }

@@ -13,12 +13,13 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/config"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 )
 
 func TestReadAuth(t *testing.T) {
 	e := newEnv(t)
-	receipt := decodeJSON[webhookResponse](t, e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender"))).Receipt
+	receipt := decodeJSON[webhookResponse](t, e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender"))).Receipt
 	for _, path := range []string{"/v1/receipts/" + receipt, "/v1/scans"} {
 		t.Run(path, func(t *testing.T) {
 			for _, tok := range []string{apiToken, bearerFor("defender"), bearerFor("elastic")} {
@@ -73,7 +74,7 @@ func TestReadRejects(t *testing.T) {
 func TestScansQuery(t *testing.T) {
 	e := newEnv(t)
 	s := samples(t)
-	for _, src := range []string{alert.SourceDefender, alert.SourceGraph, alert.SourceSplunk} {
+	for _, src := range []string{domain.SourceDefender, domain.SourceGraph, domain.SourceSplunk} {
 		if r := e.post("/v1/webhooks/"+src, s[src], bearer(src)); r.status != http.StatusAccepted {
 			t.Fatalf("%s: %d %s", src, r.status, r.body)
 		}
@@ -92,11 +93,11 @@ func TestScansQuery(t *testing.T) {
 	}
 	// Device filters accept either case and a trailing dot.
 	got := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?device=111E6DD8C833C8A052EA231EC1B19ADAF497B625", apiToken)).Scans
-	if len(got) != 1 || got[0].Source != alert.SourceDefender {
+	if len(got) != 1 || got[0].Source != domain.SourceDefender {
 		t.Errorf("device filter gave %+v", got)
 	}
 	got = decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?device=TEMPDNS.&status=QUEUED", apiToken)).Scans
-	if len(got) != 1 || got[0].Source != alert.SourceGraph {
+	if len(got) != 1 || got[0].Source != domain.SourceGraph {
 		t.Errorf("dns filter gave %+v", got)
 	}
 	if got := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?status=dead", apiToken)).Scans; len(got) != 0 {
@@ -176,11 +177,11 @@ func TestHeadersAndRequestID(t *testing.T) {
 func TestAccessLogHasNoSecrets(t *testing.T) {
 	e := newEnv(t)
 	s := samples(t)
-	sentinel := s[alert.SourceSentinel]
+	sentinel := s[domain.SourceSentinel]
 	sig := sign(hmacSecret, e.clock.Now(), sentinel)
-	e.post("/v1/webhooks/defender", s[alert.SourceDefender], bearer("defender"))
-	e.post("/v1/webhooks/splunk?token="+queryToken+"&x=1", s[alert.SourceSplunk], nil)
-	e.post("/v1/webhooks/splunk?token=wrong-guess-0123456789", s[alert.SourceSplunk], nil)
+	e.post("/v1/webhooks/defender", s[domain.SourceDefender], bearer("defender"))
+	e.post("/v1/webhooks/splunk?token="+queryToken+"&x=1", s[domain.SourceSplunk], nil)
+	e.post("/v1/webhooks/splunk?token=wrong-guess-0123456789", s[domain.SourceSplunk], nil)
 	e.post("/v1/webhooks/sentinel", sentinel, map[string]string{SignatureHeader: sig})
 	e.post("/v1/webhooks/defender", []byte(`{"secret-body-marker": `), bearer("defender"))
 	e.get("/v1/scans", apiToken)
@@ -226,10 +227,10 @@ func TestAccessLogHasNoSecrets(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	s := samples(t)
-	e.post("/v1/webhooks/defender", s[alert.SourceDefender], bearer("defender"))
+	e.post("/v1/webhooks/defender", s[domain.SourceDefender], bearer("defender"))
 	e.post("/v1/webhooks/defender", []byte(`{`), bearer("defender"))
-	e.post("/v1/webhooks/defender", s[alert.SourceDefender], nil)
-	e.post("/v1/webhooks/no-such-source", s[alert.SourceDefender], nil)
+	e.post("/v1/webhooks/defender", s[domain.SourceDefender], nil)
+	e.post("/v1/webhooks/no-such-source", s[domain.SourceDefender], nil)
 	req, _ := http.NewRequest("BREW", e.srv.URL+"/healthz", nil)
 	e.do(req)
 	r := e.get("/metrics", "")
@@ -300,9 +301,9 @@ func TestNewRefusesBadDeps(t *testing.T) {
 
 func TestInsecureNoAuthSource(t *testing.T) {
 	e := newEnv(t, func(d *Deps) {
-		d.Sources[alert.SourceDefender] = Source{Secrets: config.SourceSecrets{NoAuth: true}}
+		d.Sources[domain.SourceDefender] = Source{Secrets: config.SourceSecrets{NoAuth: true}}
 	})
-	if r := e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], nil); r.status != http.StatusAccepted {
+	if r := e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], nil); r.status != http.StatusAccepted {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	// It does not open the read endpoints.
@@ -324,7 +325,7 @@ func TestNothingLoggedAtErrorForClientInput(t *testing.T) {
 	var buf lockedBuffer
 	e := newEnv(t, func(d *Deps) { d.Logger = slog.New(slog.NewJSONHandler(&buf, nil)) })
 	for _, body := range [][]byte{nil, []byte(`[]`), []byte(`null`), []byte(`"x"`), []byte(`{"value":[1,2]}`), bytes.Repeat([]byte("["), 10000)} {
-		for _, src := range alert.Sources() {
+		for _, src := range domain.Sources() {
 			r := e.post("/v1/webhooks/"+src, body, bearer(src))
 			if r.status >= 500 {
 				t.Errorf("%s %q: %d %s", src, body, r.status, r.body)

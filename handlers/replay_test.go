@@ -16,6 +16,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/config"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
 	"github.com/scanhook/scanhook/internal/testutil"
 )
@@ -63,7 +64,7 @@ func (r *replayRun) offer() bool {
 	var mac [8]byte
 	binary.BigEndian.PutUint64(mac[:], r.seq)
 	until := now.Truncate(time.Second).Add(r.ahead + signatureSkew + time.Second)
-	key := replayKeyFor(alert.SourceSentinel, mac[:], until)
+	key := replayKeyFor(domain.SourceSentinel, mac[:], until)
 	ok, full := r.rc.reserve(key, until, now)
 	if full {
 		r.t.Fatalf("delivery %d at +%s refused for room (503) after %d admitted: the cache holds %d of %d",
@@ -240,7 +241,7 @@ func TestReplayRelease(t *testing.T) {
 // is accepted, and a replay after that is refused.
 func TestSignedDeliveryRefusedByLimiterMayRetry(t *testing.T) {
 	e := newEnv(t, withLimiter(rate.NewLimiter(1, 1)))
-	body := samples(t)[alert.SourceSentinel]
+	body := samples(t)[domain.SourceSentinel]
 	first := sign(hmacSecret, e.clock.Now(), body)
 	if r := e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: first}); r.status != http.StatusAccepted {
 		t.Fatalf("first: %d %s", r.status, r.body)
@@ -288,7 +289,7 @@ func BenchmarkHMACReplayAtIngestLimit(b *testing.B) {
 		Logger: slog.New(slog.DiscardHandler),
 		Store:  nopStore{},
 		Rules:  rs,
-		Sources: map[string]Source{alert.SourceGeneric: {
+		Sources: map[string]Source{domain.SourceGeneric: {
 			Secrets: config.SourceSecrets{HMAC: []byte(secret)},
 			Alert:   alert.Options{Generic: genericMapping},
 		}},

@@ -24,7 +24,7 @@ const (
 	routeExplain = "/v1/explain/:source"
 )
 
-// webhookResponse is the 202 body of the DESIGN.md contract.
+// webhookResponse is the 202 body of the webhook contract (README, "HTTP API").
 type webhookResponse struct {
 	Receipt   string         `json:"receipt"`
 	Duplicate bool           `json:"duplicate"`
@@ -69,7 +69,7 @@ func (a *api) lookupSource(c *echo.Context) (*source, error) {
 	if src := a.sources[name]; src != nil {
 		return src, nil
 	}
-	detail := "unknown source; want one of " + strings.Join(alert.Sources(), ", ")
+	detail := "unknown source; want one of " + strings.Join(domain.Sources(), ", ")
 	if knownSource(name) {
 		detail = "source " + name + " is not configured on this server"
 	}

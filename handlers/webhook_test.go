@@ -106,7 +106,7 @@ func TestWebhookSamples(t *testing.T) {
 
 func TestRedeliveryIsDuplicate(t *testing.T) {
 	e := newEnv(t)
-	body := samples(t)[alert.SourceDefender]
+	body := samples(t)[domain.SourceDefender]
 	first := decodeJSON[webhookResponse](t, e.post("/v1/webhooks/defender", body, bearer("defender")))
 	r := e.post("/v1/webhooks/defender", body, bearer("defender"))
 	if r.status != http.StatusAccepted {
@@ -129,7 +129,7 @@ func TestRedeliveryIsDuplicate(t *testing.T) {
 
 func TestDryRunMarksEveryDecision(t *testing.T) {
 	e := newEnv(t, withDryRun())
-	r := e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender"))
+	r := e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender"))
 	got := decodeJSON[webhookResponse](t, r)
 	if r.status != http.StatusAccepted || len(got.Decisions) == 0 {
 		t.Fatalf("%d %s", r.status, r.body)
@@ -143,7 +143,7 @@ func TestDryRunMarksEveryDecision(t *testing.T) {
 
 func TestExplainStoresNothing(t *testing.T) {
 	e := newEnv(t)
-	r := e.post("/v1/explain/defender", samples(t)[alert.SourceDefender], bearer("defender"))
+	r := e.post("/v1/explain/defender", samples(t)[domain.SourceDefender], bearer("defender"))
 	if r.status != http.StatusOK {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
@@ -161,16 +161,16 @@ func TestExplainStoresNothing(t *testing.T) {
 		t.Errorf("explain stored %d decisions", len(list.Scans))
 	}
 	// Explain takes the same credentials as the webhook.
-	problemBody(t, e.post("/v1/explain/defender", samples(t)[alert.SourceDefender], bearer("graph")), http.StatusUnauthorized, TypeUnauthorized)
+	problemBody(t, e.post("/v1/explain/defender", samples(t)[domain.SourceDefender], bearer("graph")), http.StatusUnauthorized, TypeUnauthorized)
 	problemBody(t, e.post("/v1/explain/defender", []byte(`{`), bearer("defender")), http.StatusBadRequest, TypeInvalidBody)
 }
 
 // TestWebhookRejects is every bad input the webhook may see: each gets the
 // right status and a problem+json body.
 func TestWebhookRejects(t *testing.T) {
-	e := newEnv(t, withMaxBody(4096), withoutSource(alert.SourceGraph))
+	e := newEnv(t, withMaxBody(4096), withoutSource(domain.SourceGraph))
 	now := e.clock.Now()
-	sentinel := samples(t)[alert.SourceSentinel]
+	sentinel := samples(t)[domain.SourceSentinel]
 	big := bytes.Repeat([]byte(" "), 5000)
 	big = append([]byte(`{"a":1}`), big...)
 	cases := []struct {
@@ -279,12 +279,12 @@ func TestQueryTokenAndOtherMediaTypes(t *testing.T) {
 		body       []byte
 		headers    map[string]string
 	}{
-		{"valid query token", "/v1/webhooks/splunk?token=" + queryToken, s[alert.SourceSplunk], nil},
-		{"json with charset", "/v1/webhooks/defender", s[alert.SourceDefender],
+		{"valid query token", "/v1/webhooks/splunk?token=" + queryToken, s[domain.SourceSplunk], nil},
+		{"json with charset", "/v1/webhooks/defender", s[domain.SourceDefender],
 			map[string]string{"Authorization": "Bearer " + bearerFor("defender"), "Content-Type": "application/json; charset=utf-8"}},
-		{"a +json media type and lower-case scheme", "/v1/webhooks/graph", s[alert.SourceGraph],
+		{"a +json media type and lower-case scheme", "/v1/webhooks/graph", s[domain.SourceGraph],
 			map[string]string{"Authorization": "bearer " + bearerFor("graph"), "Content-Type": "application/vnd.acme+json"}},
-		{"bearer valid, signature wrong: any valid one suffices", "/v1/webhooks/sentinel", s[alert.SourceSentinel],
+		{"bearer valid, signature wrong: any valid one suffices", "/v1/webhooks/sentinel", s[domain.SourceSentinel],
 			map[string]string{"Authorization": "Bearer " + bearerFor("sentinel"), SignatureHeader: "t=1,v1=00"}},
 	}
 	for _, c := range cases {
@@ -299,7 +299,7 @@ func TestQueryTokenAndOtherMediaTypes(t *testing.T) {
 
 func TestSignatureAndReplay(t *testing.T) {
 	e := newEnv(t)
-	body := samples(t)[alert.SourceSentinel]
+	body := samples(t)[domain.SourceSentinel]
 	sig := sign(hmacSecret, e.clock.Now().Add(-4*time.Minute), body)
 
 	// A request that fails after the signature verified (wrong media type)
@@ -366,19 +366,19 @@ func TestIngestLimiter(t *testing.T) {
 	// The clock is frozen, so the bucket never refills.
 	e := newEnv(t, withLimiter(rate.NewLimiter(0.5, 1)))
 	s := samples(t)
-	if r := e.post("/v1/webhooks/defender", s[alert.SourceDefender], bearer("defender")); r.status != http.StatusAccepted {
+	if r := e.post("/v1/webhooks/defender", s[domain.SourceDefender], bearer("defender")); r.status != http.StatusAccepted {
 		t.Fatalf("first: %d %s", r.status, r.body)
 	}
-	r := e.post("/v1/webhooks/graph", s[alert.SourceGraph], bearer("graph"))
+	r := e.post("/v1/webhooks/graph", s[domain.SourceGraph], bearer("graph"))
 	problemBody(t, r, http.StatusTooManyRequests, TypeRateLimited)
 	if ra := r.header.Get("Retry-After"); ra != "2" {
 		t.Errorf("Retry-After = %q, want 2", ra)
 	}
 	// Unauthenticated requests are refused before the limiter: they cannot
 	// use up the budget of real senders.
-	problemBody(t, e.post("/v1/webhooks/graph", s[alert.SourceGraph], nil), http.StatusUnauthorized, TypeUnauthorized)
+	problemBody(t, e.post("/v1/webhooks/graph", s[domain.SourceGraph], nil), http.StatusUnauthorized, TypeUnauthorized)
 	e.clock.ns.Add(int64(2 * time.Second))
-	if r := e.post("/v1/webhooks/graph", s[alert.SourceGraph], bearer("graph")); r.status != http.StatusAccepted {
+	if r := e.post("/v1/webhooks/graph", s[domain.SourceGraph], bearer("graph")); r.status != http.StatusAccepted {
 		t.Fatalf("after refill: %d %s", r.status, r.body)
 	}
 }
@@ -404,7 +404,7 @@ func (failingStore) Ping(context.Context) error { return errDown }
 
 func TestStoreDown(t *testing.T) {
 	e := newEnv(t, withStore(failingStore{}))
-	r := e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender"))
+	r := e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender"))
 	problemBody(t, r, http.StatusServiceUnavailable, TypeUnavailable)
 	if r.header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
@@ -425,13 +425,13 @@ func TestClosedStoreIs503(t *testing.T) {
 	if err := e.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	problemBody(t, e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender")), http.StatusServiceUnavailable, TypeUnavailable)
+	problemBody(t, e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender")), http.StatusServiceUnavailable, TypeUnavailable)
 	problemBody(t, e.get("/readyz", ""), http.StatusServiceUnavailable, TypeUnavailable)
 }
 
 func TestPanicIsRecovered(t *testing.T) {
 	e := newEnv(t, withStore(failingStore{panics: true}))
-	p := problemBody(t, e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender")), http.StatusInternalServerError, TypeInternal)
+	p := problemBody(t, e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender")), http.StatusInternalServerError, TypeInternal)
 	if strings.Contains(p.Detail, "store bug") {
 		t.Errorf("panic value leaked: %q", p.Detail)
 	}
@@ -447,7 +447,7 @@ func TestPanicIsRecovered(t *testing.T) {
 func TestNoRulesLoaded(t *testing.T) {
 	e := newEnv(t)
 	e.rules.rs.Store(nil)
-	problemBody(t, e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], bearer("defender")), http.StatusServiceUnavailable, TypeUnavailable)
+	problemBody(t, e.post("/v1/webhooks/defender", samples(t)[domain.SourceDefender], bearer("defender")), http.StatusServiceUnavailable, TypeUnavailable)
 	p := problemBody(t, e.get("/readyz", ""), http.StatusServiceUnavailable, TypeUnavailable)
 	if !strings.Contains(p.Detail, "rules") {
 		t.Errorf("readyz detail %q does not say why", p.Detail)
@@ -487,14 +487,14 @@ func TestMaxInFlight(t *testing.T) {
 	e := newEnv(t, withStore(bs), func(d *Deps) { d.MaxInFlight = 2 })
 	s := samples(t)
 	results := make(chan resp, 2)
-	for _, src := range []string{alert.SourceDefender, alert.SourceGraph} {
+	for _, src := range []string{domain.SourceDefender, domain.SourceGraph} {
 		go func() { results <- e.post("/v1/webhooks/"+src, s[src], bearer(src)) }()
 	}
 	<-bs.entered
 	<-bs.entered
 	// Both slots are taken: a third delivery is refused before its body is
 	// read, with a Retry-After, instead of queueing in memory.
-	r := e.post("/v1/webhooks/sentinel", s[alert.SourceSentinel], bearer("sentinel"))
+	r := e.post("/v1/webhooks/sentinel", s[domain.SourceSentinel], bearer("sentinel"))
 	problemBody(t, r, http.StatusTooManyRequests, TypeRateLimited)
 	if r.header.Get("Retry-After") == "" {
 		t.Error("no Retry-After on the 429")
@@ -506,7 +506,7 @@ func TestMaxInFlight(t *testing.T) {
 		}
 	}
 	// The slots are free again.
-	if r := e.post("/v1/webhooks/sentinel", s[alert.SourceSentinel], bearer("sentinel")); r.status != http.StatusAccepted {
+	if r := e.post("/v1/webhooks/sentinel", s[domain.SourceSentinel], bearer("sentinel")); r.status != http.StatusAccepted {
 		t.Fatalf("after release: %d %s", r.status, r.body)
 	}
 }

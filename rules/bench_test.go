@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // benchRules writes n rules of which only the last matches benchAlert;
@@ -31,7 +32,7 @@ func benchRules(n, celEvery int) string {
 
 func benchAlert() *alert.Alert {
 	return &alert.Alert{
-		ID: "da637", Source: "defender", Severity: alert.High, Title: "Suspicious PowerShell command line",
+		ID: "da637", Source: "defender", Severity: domain.SeverityHigh, Title: "Suspicious PowerShell command line",
 		Category: "Execution", Tags: []string{"finance", "crown-jewel"}, URL: "https://security.microsoft.com/alerts/da637",
 		Devices: []alert.Device{{ID: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07", DNSName: "ws-01.corp.example"}},
 	}

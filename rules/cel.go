@@ -10,7 +10,7 @@ import (
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/ext"
 
-	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // celAlert declares what a `when` expression sees as `alert` (at runtime
@@ -89,7 +89,7 @@ func newCELEnv() (*cel.Env, error) {
 					if !ok {
 						return types.NewErr("severity_rank: want a string, got %s", v.Type().TypeName())
 					}
-					return types.Int(alert.Severity(strings.ToLower(string(s))).Rank())
+					return types.Int(domain.Severity(strings.ToLower(string(s))).Rank())
 				}))),
 	)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // celAlertTwoDevices has every field set and two devices that differ in
@@ -22,7 +23,7 @@ func celAlertTwoDevices() *alert.Alert {
 // celAlertBare has an unrecognized severity, no lists and one device.
 func celAlertBare() *alert.Alert {
 	return &alert.Alert{
-		ID: "b1", Source: "generic", Severity: alert.Severity("sev9"),
+		ID: "b1", Source: "generic", Severity: domain.Severity("sev9"),
 		Devices: []alert.Device{{ID: idB}},
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // commentData is what a comment template sees.
@@ -238,7 +239,7 @@ func sampleData() *commentData {
 	return &commentData{
 		Rule: "sample-rule",
 		Alert: &alert.Alert{
-			ID: "sample-id", Source: "generic", Severity: alert.High, Title: "sample title",
+			ID: "sample-id", Source: "generic", Severity: domain.SeverityHigh, Title: "sample title",
 			Description: "sample description", Category: "Malware", DetectionSource: "sample",
 			ThreatFamily: "sample", Status: "new", MitreTechniques: []string{"T1486"},
 			Tags: []string{"sample"}, TenantID: "00000000-0000-0000-0000-000000000000",

@@ -27,7 +27,7 @@ func mustLoad(t testing.TB, src string) *Ruleset {
 
 func sampleAlert() *alert.Alert {
 	return &alert.Alert{
-		ID: "da1", Source: "defender", Severity: alert.High, Title: "Ransomware encrypted files",
+		ID: "da1", Source: "defender", Severity: domain.SeverityHigh, Title: "Ransomware encrypted files",
 		Category: "Ransomware", DetectionSource: "WindowsDefenderAv", ThreatFamily: "LockBit",
 		Status: "New", MitreTechniques: []string{"T1059", "T1486"}, Tags: []string{"finance", "Crown-Jewel"},
 		TenantID: "tenant-1", URL: "https://security.microsoft.com/alerts/da1",
@@ -247,7 +247,7 @@ rules:
 	if d.Rule != "high-quick" || d.Scan != domain.ScanQuick || !d.DryRun || d.Cooldown != time.Hour {
 		t.Errorf("second rule in order: %+v", d)
 	}
-	a.Severity = alert.Low
+	a.Severity = domain.SeverityLow
 	if d := rs.Evaluate(a)[0]; d.Rule != "rest" || d.Scan != domain.ScanNone || d.Reason != `rule "rest" matched (no conditions)` {
 		t.Errorf("catch-all: %+v", d)
 	}
@@ -445,14 +445,14 @@ func TestExampleRules(t *testing.T) {
 		scan   string
 		dryRun bool
 	}{
-		{"ransomware high", alert.Alert{Source: "defender", Severity: alert.High, Category: "Ransomware"}, "ransomware-full", domain.ScanFull, false},
-		{"resolved is ignored", alert.Alert{Source: "defender", Severity: alert.Critical, Category: "Ransomware", Status: "Resolved"}, "closed-or-benign", domain.ScanNone, false},
-		{"encrypt in title", alert.Alert{Source: "sentinel", Severity: alert.Medium, Title: "Mass file ENCRYPTION"}, "encryption-activity-full", domain.ScanFull, false},
-		{"crown jewel via CEL", alert.Alert{Source: "graph", Severity: alert.Low, Tags: []string{"Crown-Jewel"}}, "crown-jewel-full", domain.ScanFull, false},
-		{"crown jewel but informational", alert.Alert{Source: "graph", Severity: alert.Informational, Tags: []string{"crown-jewel"}}, "everything-else", domain.ScanNone, false},
-		{"trial source dry run", alert.Alert{Source: "alertmanager", Severity: alert.High}, "trial-source-dry-run", domain.ScanQuick, true},
-		{"medium quick", alert.Alert{Source: "splunk", Severity: alert.Medium}, "medium-quick", domain.ScanQuick, false},
-		{"informational none", alert.Alert{Source: "defender", Severity: alert.Informational}, "everything-else", domain.ScanNone, false},
+		{"ransomware high", alert.Alert{Source: "defender", Severity: domain.SeverityHigh, Category: "Ransomware"}, "ransomware-full", domain.ScanFull, false},
+		{"resolved is ignored", alert.Alert{Source: "defender", Severity: domain.SeverityCritical, Category: "Ransomware", Status: "Resolved"}, "closed-or-benign", domain.ScanNone, false},
+		{"encrypt in title", alert.Alert{Source: "sentinel", Severity: domain.SeverityMedium, Title: "Mass file ENCRYPTION"}, "encryption-activity-full", domain.ScanFull, false},
+		{"crown jewel via CEL", alert.Alert{Source: "graph", Severity: domain.SeverityLow, Tags: []string{"Crown-Jewel"}}, "crown-jewel-full", domain.ScanFull, false},
+		{"crown jewel but informational", alert.Alert{Source: "graph", Severity: domain.SeverityInformational, Tags: []string{"crown-jewel"}}, "everything-else", domain.ScanNone, false},
+		{"trial source dry run", alert.Alert{Source: "alertmanager", Severity: domain.SeverityHigh}, "trial-source-dry-run", domain.ScanQuick, true},
+		{"medium quick", alert.Alert{Source: "splunk", Severity: domain.SeverityMedium}, "medium-quick", domain.ScanQuick, false},
+		{"informational none", alert.Alert{Source: "defender", Severity: domain.SeverityInformational}, "everything-else", domain.ScanNone, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -468,7 +468,7 @@ func TestExampleRules(t *testing.T) {
 		})
 	}
 	t.Run("build agent", func(t *testing.T) {
-		a := alert.Alert{ID: "x2", Source: "defender", Severity: alert.High, Category: "Execution",
+		a := alert.Alert{ID: "x2", Source: "defender", Severity: domain.SeverityHigh, Category: "Execution",
 			Devices: []alert.Device{{DNSName: "build-12.corp.example"}}}
 		d := rs.Evaluate(&a)[0]
 		if d.Rule != "build-agents-quick" || d.Scan != domain.ScanQuick || d.Cooldown != 24*time.Hour {

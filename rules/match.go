@@ -8,7 +8,6 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 )
@@ -252,12 +251,12 @@ func (m notMatcher) describe() string    { return "not " + m.m.describe() }
 type rankMatcher struct {
 	rank int
 	gte  bool
-	name alert.Severity
+	name domain.Severity
 }
 
 func (m rankMatcher) match(v values) bool {
 	return v.any(func(s string) bool {
-		r := alert.Severity(strings.ToLower(s)).Rank()
+		r := domain.Severity(strings.ToLower(s)).Rank()
 		if r < 0 {
 			return false
 		}
@@ -351,7 +350,7 @@ func (l *loader) match(n *yaml.Node) []cond {
 				c.in = []string{im.want}
 			}
 			if c.field == fSeverity {
-				for r, sev := range alert.Severities() {
+				for r, sev := range domain.Severities() {
 					if m.match(values{one: string(sev)}) {
 						c.sevMask |= 1 << r
 					}
@@ -465,17 +464,17 @@ func (l *loader) scalar(f field, key string, n *yaml.Node) (string, bool) {
 	return n.Value, true
 }
 
-func (l *loader) severity(key string, n *yaml.Node) (alert.Severity, bool) {
+func (l *loader) severity(key string, n *yaml.Node) (domain.Severity, bool) {
 	if n.Kind != yaml.ScalarNode {
 		l.errorf(n, "match: %s: expected a severity, got %s", key, yamlpos.Describe(n))
 		return "", false
 	}
-	s := alert.Severity(strings.ToLower(n.Value))
+	s := domain.Severity(strings.ToLower(n.Value))
 	if s.Valid() {
 		return s, true
 	}
 	names := make([]string, 0, 5)
-	for _, v := range alert.Severities() {
+	for _, v := range domain.Severities() {
 		names = append(names, string(v))
 	}
 	if sug := yamlpos.Suggest(n.Value, names); sug != "" {

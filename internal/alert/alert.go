@@ -10,40 +10,9 @@ package alert
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
-
-// Severity is the normalized severity of sources.md. Its order matters:
-// rules compare severities with gte/lte.
-type Severity string
-
-// The normalized severities, lowest first.
-const (
-	Informational Severity = "informational"
-	Low           Severity = "low"
-	Medium        Severity = "medium"
-	High          Severity = "high"
-	Critical      Severity = "critical"
-)
-
-// Severities lists the normalized severities, lowest first.
-var severities = [...]Severity{Informational, Low, Medium, High, Critical}
-
-// Severities returns the normalized severities, lowest first.
-func Severities() []Severity { s := severities; return s[:] }
-
-// Rank orders severities: informational 0 … critical 4, and -1 for anything
-// that is not a normalized severity.
-func (s Severity) Rank() int {
-	for i, v := range severities {
-		if v == s {
-			return i
-		}
-	}
-	return -1
-}
-
-// Valid reports whether s is one of the normalized severities.
-func (s Severity) Valid() bool { return s.Rank() >= 0 }
 
 // Device is one device an alert names, by at least one of its fields. Each
 // is either empty or checked: ID is a 40-hex Defender machine id, DNSName a
@@ -76,19 +45,19 @@ type DroppedDevice struct {
 
 // Alert is one normalized alert.
 type Alert struct {
-	ID              string    `json:"id"`
-	Source          string    `json:"source"`
-	Severity        Severity  `json:"severity"`
-	Title           string    `json:"title,omitempty"`
-	Description     string    `json:"description,omitempty"`
-	Category        string    `json:"category,omitempty"`
-	DetectionSource string    `json:"detection_source,omitempty"`
-	ThreatFamily    string    `json:"threat_family,omitempty"`
-	Status          string    `json:"status,omitempty"`
-	MitreTechniques []string  `json:"mitre_techniques,omitempty"`
-	Tags            []string  `json:"tags,omitempty"`
-	TenantID        string    `json:"tenant_id,omitempty"`
-	Time            time.Time `json:"time,omitzero"`
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Severity        domain.Severity `json:"severity"`
+	Title           string          `json:"title,omitempty"`
+	Description     string          `json:"description,omitempty"`
+	Category        string          `json:"category,omitempty"`
+	DetectionSource string          `json:"detection_source,omitempty"`
+	ThreatFamily    string          `json:"threat_family,omitempty"`
+	Status          string          `json:"status,omitempty"`
+	MitreTechniques []string        `json:"mitre_techniques,omitempty"`
+	Tags            []string        `json:"tags,omitempty"`
+	TenantID        string          `json:"tenant_id,omitempty"`
+	Time            time.Time       `json:"time,omitzero"`
 	// URL points back to the alert in its own console.
 	URL     string          `json:"url,omitempty"`
 	Devices []Device        `json:"devices"`

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // Limits on what one body may make scanhook hold. A hostile or broken sender
@@ -32,24 +34,6 @@ const (
 	// maxDroppedValueLen caps DroppedDevice.Value.
 	maxDroppedValueLen = 128
 )
-
-// Source names, in DESIGN order.
-const (
-	SourceDefender     = "defender"
-	SourceGraph        = "graph"
-	SourceSentinel     = "sentinel"
-	SourceAzureMonitor = "azuremonitor"
-	SourceSplunk       = "splunk"
-	SourceElastic      = "elastic"
-	SourceAlertmanager = "alertmanager"
-	SourceGeneric      = "generic"
-)
-
-// Sources returns the source names in DESIGN order.
-func Sources() []string {
-	return []string{SourceDefender, SourceGraph, SourceSentinel, SourceAzureMonitor,
-		SourceSplunk, SourceElastic, SourceAlertmanager, SourceGeneric}
-}
 
 // ErrUnknownSource is returned by Decode for a source name it does not know.
 var ErrUnknownSource = errors.New("alert: unknown source")
@@ -85,21 +69,21 @@ type Options struct {
 func Decode(source string, body []byte, opts Options) ([]Alert, error) {
 	var dec func(node, []byte, Options) ([]Alert, error)
 	switch source {
-	case SourceDefender:
+	case domain.SourceDefender:
 		dec = decodeDefender
-	case SourceGraph:
+	case domain.SourceGraph:
 		dec = decodeGraph
-	case SourceSentinel:
+	case domain.SourceSentinel:
 		dec = decodeSentinel
-	case SourceAzureMonitor:
+	case domain.SourceAzureMonitor:
 		dec = decodeAzureMonitor
-	case SourceSplunk:
+	case domain.SourceSplunk:
 		dec = decodeSplunk
-	case SourceElastic:
+	case domain.SourceElastic:
 		dec = decodeElastic
-	case SourceAlertmanager:
+	case domain.SourceAlertmanager:
 		dec = decodeAlertmanager
-	case SourceGeneric:
+	case domain.SourceGeneric:
 		if opts.Generic == nil {
 			return nil, ErrNoMapping
 		}

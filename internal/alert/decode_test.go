@@ -9,13 +9,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // want is what a test checks of one decoded alert. Nil slices in want are
 // not checked, except Devices and Dropped which are always compared.
 type want struct {
 	ID, Title, URL, Skip, Status, Category string
-	Severity                               Severity
+	Severity                               domain.Severity
 	Devices                                []Device
 	Dropped                                []string // DroppedDevice.Value
 	Tags, Mitre                            []string
@@ -145,20 +147,20 @@ func TestPublishedSamples(t *testing.T) {
 		want         []want
 	}{
 		{name: "mde-alert", source: "defender", body: sample(t, "mde-alert.json"), rawIsBody: true, want: []want{{
-			ID: "da637472900382838869_1364969609", Severity: Low, Status: "New", Category: "Execution",
+			ID: "da637472900382838869_1364969609", Severity: domain.SeverityLow, Status: "New", Category: "Execution",
 			Title:   "Low-reputation arbitrary code executed by signed executable",
 			URL:     "https://security.microsoft.com/alerts/da637472900382838869_1364969609",
 			Devices: []Device{{ID: "111e6dd8c833c8a052ea231ec1b19adaf497b625", DNSName: "temp123.middleeast.corp.microsoft.com"}},
 			Mitre:   []string{"T1064", "T1085", "T1220"},
 		}}},
 		{name: "mde-alerts-list", source: "defender", body: sample(t, "mde-alerts-list.json"), want: []want{{
-			ID: "da637308392288907382_-880718168", Severity: Low, Category: "SuspiciousActivity",
+			ID: "da637308392288907382_-880718168", Severity: domain.SeverityLow, Category: "SuspiciousActivity",
 			Title:   "Suspicious 'Meterpreter' behavior was detected",
 			URL:     "https://security.microsoft.com/alerts/da637308392288907382_-880718168",
 			Devices: []Device{{ID: "12ee6dd8c833c8a052ea231ec1b19adaf497b625", DNSName: "temp123.middleeast.corp.microsoft.com"}},
 		}}},
 		{name: "graph-alert-v2", source: "graph", body: sample(t, "graph-alert-v2.json"), rawIsBody: true, want: []want{{
-			ID: "da637578995287051192_756343937", Severity: Low, Category: "DefenseEvasion",
+			ID: "da637578995287051192_756343937", Severity: domain.SeverityLow, Category: "DefenseEvasion",
 			Title:   "Suspicious execution of hidden file",
 			URL:     "https://security.microsoft.com/alerts/da637578995287051192_756343937?tid=b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c",
 			Devices: []Device{{ID: "73e7e2de709dff64ef64b1d0c30e67fab63279db", DNSName: "tempdns"}},
@@ -166,36 +168,36 @@ func TestPublishedSamples(t *testing.T) {
 		}}},
 		{name: "sentinel-incident-relatedEntities", source: "sentinel", body: wrapIncident(sample(t, "sentinel-incident-relatedEntities.json")), rawIsBody: true, want: []want{{
 			ID:       "/subscriptions/x/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/w/providers/Microsoft.SecurityInsights/Incidents/abc",
-			Severity: Informational, Title: "EICAR on Linux",
+			Severity: domain.SeverityInformational, Title: "EICAR on Linux",
 			URL:     "https://portal.azure.com/#asset/Microsoft_Azure_Security_Insights/Incident/abc",
 			Devices: []Device{eicarHost},
 		}}},
 		{name: "sentinel-get-hosts-item in Entities array", source: "sentinel", body: wrapAlertTrigger(sample(t, "sentinel-get-hosts-item.json"), false), rawIsBody: true, want: []want{{
-			ID: "sa-1", Severity: Low, Title: "EICAR", Devices: []Device{eicarHost},
+			ID: "sa-1", Severity: domain.SeverityLow, Title: "EICAR", Devices: []Device{eicarHost},
 		}}},
 		{name: "sentinel-get-hosts-item in Entities string", source: "sentinel", body: wrapAlertTrigger(sample(t, "sentinel-get-hosts-item.json"), true), rawIsBody: true, want: []want{{
-			ID: "sa-1", Severity: Low, Title: "EICAR", Devices: []Device{eicarHost},
+			ID: "sa-1", Severity: domain.SeverityLow, Title: "EICAR", Devices: []Device{eicarHost},
 		}}},
 		{name: "azure-monitor-common-alert (log, Fired)", source: "azuremonitor", body: sample(t, "azure-monitor-common-alert.json"), rawIsBody: true, want: []want{{
 			ID:       "/subscriptions/12345a-1234b-123c-123d-12345678e/providers/Microsoft.AlertsManagement/alerts/12345a-1234b-123c-123d-12345678e",
-			Severity: Informational, Title: "AcmeRule", Status: "Fired", Category: "Log",
+			Severity: domain.SeverityInformational, Title: "AcmeRule", Status: "Fired", Category: "Log",
 			URL: "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F12345a-1234b-123c-123d-12345678e%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F12345a-1234b-123c-123d-12345678e",
 		}}},
 		{name: "azure-monitor-common-alert-metric (Resolved)", source: "azuremonitor", body: sample(t, "azure-monitor-common-alert-metric.json"), rawIsBody: true, want: []want{{
 			ID:       "/subscriptions/<subscription ID>/providers/Microsoft.AlertsManagement/alerts/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e",
-			Severity: Low, Title: "WCUS-R2-Gen2",
+			Severity: domain.SeverityLow, Title: "WCUS-R2-Gen2",
 			URL:     "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F%3Csubscription%20ID%3E%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2Faaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e",
 			Skip:    "monitorCondition is Resolved: scanhook acts on Fired alerts only",
 			Devices: []Device{{DNSName: "wcus-r2-gen2"}},
 		}}},
 		{name: "splunk-webhook", source: "splunk", body: sample(t, "splunk-webhook.json"), rawIsBody: true, want: []want{{
-			ID: "scheduler_admin_search_W2_at_14232356_132", Severity: Informational,
+			ID: "scheduler_admin_search_W2_at_14232356_132", Severity: domain.SeverityInformational,
 			URL: "http://web.example.local:8000/app/search/@go?sid=scheduler_admin_search_W2_at_14232356_132",
 		}}},
 		{name: "alertmanager-webhook", source: "alertmanager", body: sample(t, "alertmanager-webhook.json"), want: []want{{
 			// No fingerprint in this older body: the id is the label hash.
 			ID:       "labels-c62c38f8e2fe30f151f0e396b98a9818@2018-03-07T06:33:21.873077559-05:00",
-			Severity: Medium, Title: "Server High Memory usage", Status: "firing", Category: "high_memory_load",
+			Severity: domain.SeverityMedium, Title: "Server High Memory usage", Status: "firing", Category: "high_memory_load",
 			Dropped: []string{"instance-with-hyphen_and_underscore"},
 		}}},
 	}
@@ -241,7 +243,7 @@ func TestEdgeCases(t *testing.T) {
 	}{
 		{name: "sentinel incident with many hosts", source: "sentinel", body: td("sentinel-incident-hosts.json"), want: []want{{
 			ID:       "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-soc/providers/Microsoft.SecurityInsights/Incidents/7e3c2a10-1111-2222-3333-444455556666",
-			Severity: High, Title: "Ransomware activity on several hosts", Status: "New",
+			Severity: domain.SeverityHigh, Title: "Ransomware activity on several hosts", Status: "New",
 			URL: "https://portal.azure.com/#asset/Microsoft_Azure_Security_Insights/Incident/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/law-soc/providers/Microsoft.SecurityInsights/Incidents/7e3c2a10-1111-2222-3333-444455556666",
 			Devices: []Device{
 				// Upper-case id lower-cased; the second entity (same name, no id) merged in.
@@ -255,7 +257,7 @@ func TestEdgeCases(t *testing.T) {
 			Tags:    []string{"crown-jewel"}, Mitre: []string{"T1486"},
 		}}},
 		{name: "sentinel alert trigger, Entities as a string", source: "sentinel", body: td("sentinel-alert-entities-string.json"), want: []want{{
-			ID: "2518275830498765432_a1b2c3d4-0000-4000-8000-000000000002", Severity: Medium,
+			ID: "2518275830498765432_a1b2c3d4-0000-4000-8000-000000000002", Severity: domain.SeverityMedium,
 			Title: "Suspicious PowerShell command line", URL: "https://security.microsoft.com/alerts/da2518275830498765432",
 			Devices: []Device{
 				{ID: "cccccccccccccccccccccccccccccccccccccccc", DNSName: "laptop-7.corp.example.com", AADDeviceID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"},
@@ -263,13 +265,13 @@ func TestEdgeCases(t *testing.T) {
 			},
 		}}},
 		{name: "sentinel alert trigger, Entities as an array", source: "sentinel", body: td("sentinel-alert-entities-array.json"), want: []want{{
-			ID: "a1b2c3d4-0000-4000-8000-000000000003", Severity: Low, Title: "Malware detected",
+			ID: "a1b2c3d4-0000-4000-8000-000000000003", Severity: domain.SeverityLow, Title: "Malware detected",
 			Devices: []Device{{DNSName: "db-1.corp.example.com"}, {ID: "dddddddddddddddddddddddddddddddddddddddd", DNSName: "db-2"}},
 			Dropped: []string{`"quoted"`},
 		}}},
 		{name: "graph with several devices", source: "graph", body: td("graph-several-devices.json"), want: []want{
 			{
-				ID: "da638000000000000000_1", Severity: High, Category: "Ransomware",
+				ID: "da638000000000000000_1", Severity: domain.SeverityHigh, Category: "Ransomware",
 				URL: "https://security.microsoft.com/alerts/da638000000000000000_1?tid=t",
 				Devices: []Device{
 					{ID: "1111111111111111111111111111111111111111", DNSName: "pc-1.corp.example.com", AADDeviceID: "11111111-2222-3333-4444-555555555555"},
@@ -279,20 +281,20 @@ func TestEdgeCases(t *testing.T) {
 				Dropped: []string{"pc 4; drop"},
 			},
 			// A javascript: URL is not kept.
-			{ID: "da638000000000000000_2", Severity: Informational},
+			{ID: "da638000000000000000_2", Severity: domain.SeverityInformational},
 		}},
 		{name: "defender with a hostile machine id and name", source: "defender", body: td("defender-bad-device.json"), want: []want{{
-			ID: "da1_2", Severity: Informational, URL: "https://security.microsoft.com/alerts/da1_2",
+			ID: "da1_2", Severity: domain.SeverityInformational, URL: "https://security.microsoft.com/alerts/da1_2",
 			Dropped: []string{"host'name.corp"},
 		}}},
 		{name: "alertmanager firing and resolved", source: "alertmanager", body: td("alertmanager-firing-resolved.json"), want: []want{
 			{
-				ID: "c0ffee0123456789@2024-05-03T12:00:00Z", Severity: Critical, Title: "AVDetection", Status: "firing",
+				ID: "c0ffee0123456789@2024-05-03T12:00:00Z", Severity: domain.SeverityCritical, Title: "AVDetection", Status: "firing",
 				URL:     "http://prometheus.example.com:9090/graph?g0.expr=up",
 				Devices: []Device{{ID: "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", DNSName: "web-1.corp.example.com"}},
 			},
 			{
-				ID: "0123456789abcdef@2024-05-03T11:00:00Z", Severity: Medium, Title: "Miner gone", Status: "resolved",
+				ID: "0123456789abcdef@2024-05-03T11:00:00Z", Severity: domain.SeverityMedium, Title: "Miner gone", Status: "resolved",
 				URL:     "http://prometheus.example.com:9090/graph?g0.expr=up",
 				Skip:    "status is resolved: scanhook acts on firing alerts only",
 				Devices: []Device{{DNSName: "web-2"}},
@@ -301,20 +303,20 @@ func TestEdgeCases(t *testing.T) {
 		{name: "alertmanager custom labels", source: "alertmanager", body: td("alertmanager-firing-resolved.json"),
 			opts: Options{Alertmanager: AlertmanagerOptions{DeviceIDLabels: []string{"nope"}, DNSNameLabels: []string{"alertname"}, SeverityLabel: "instance"}},
 			want: []want{
-				{ID: "c0ffee0123456789@2024-05-03T12:00:00Z", Severity: Informational, URL: "http://prometheus.example.com:9090/graph?g0.expr=up",
+				{ID: "c0ffee0123456789@2024-05-03T12:00:00Z", Severity: domain.SeverityInformational, URL: "http://prometheus.example.com:9090/graph?g0.expr=up",
 					Devices: []Device{{DNSName: "avdetection"}}},
-				{ID: "0123456789abcdef@2024-05-03T11:00:00Z", Severity: Informational, URL: "http://prometheus.example.com:9090/graph?g0.expr=up",
+				{ID: "0123456789abcdef@2024-05-03T11:00:00Z", Severity: domain.SeverityInformational, URL: "http://prometheus.example.com:9090/graph?g0.expr=up",
 					Skip: "status is resolved: scanhook acts on firing alerts only", Devices: []Device{{DNSName: "avdetection"}}},
 			}},
 		{name: "azure monitor fired with custom properties", source: "azuremonitor", body: td("azuremonitor-fired-custom.json"), want: []want{{
 			ID:       "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.AlertsManagement/alerts/9f8e7d6c-0000-4000-8000-000000000004",
-			Severity: High, Title: "Defender AV detection",
+			Severity: domain.SeverityHigh, Title: "Defender AV detection",
 			URL:     "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F9f8e7d6c-0000-4000-8000-000000000004",
 			Devices: []Device{{ID: "ffffffffffffffffffffffffffffffffffffffff", DNSName: "vm-app-01"}, {DNSName: "vm-app-02"}},
 			Dropped: []string{"bad name!"},
 		}}},
 		{name: "splunk multivalue devices and numeric severity", source: "splunk", body: td("splunk-device.json"), want: []want{{
-			ID: "rt_scheduler__admin__search__RMD5_at_1714900000_42", Severity: High, Title: "EDR - Malware on endpoint",
+			ID: "rt_scheduler__admin__search__RMD5_at_1714900000_42", Severity: domain.SeverityHigh, Title: "EDR - Malware on endpoint",
 			URL: "https://splunk.example.com:8000/app/search/@go?sid=rt_scheduler__admin__search__RMD5_at_1714900000_42",
 			Devices: []Device{
 				{ID: "9999999999999999999999999999999999999999", DNSName: "ws-10.corp.example.com"},
@@ -322,7 +324,7 @@ func TestEdgeCases(t *testing.T) {
 			},
 		}}},
 		{name: "elastic nested form, bare array, recovered", source: "elastic", body: td("elastic-nested.json"), want: []want{{
-			ID: "5a1d0c3e9b8f7a6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d", Severity: Critical, Title: "Malware Prevention Alert",
+			ID: "5a1d0c3e9b8f7a6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d", Severity: domain.SeverityCritical, Title: "Malware Prevention Alert",
 			Skip:    "kibana.alert.status is recovered: scanhook acts on active alerts only",
 			Devices: []Device{{DNSName: "mac-1.corp.example.com"}},
 			Tags:    []string{"Elastic", "Endpoint"}, Mitre: []string{"T1204"},
@@ -530,21 +532,21 @@ func TestEmptyListsAreNotErrors(t *testing.T) {
 func TestSeverityTables(t *testing.T) {
 	cases := []struct {
 		source, word string
-		want         Severity
+		want         domain.Severity
 	}{
-		{"defender", "UnSpecified", Informational}, {"defender", "informational", Informational},
-		{"defender", "LOW", Low}, {"defender", "Medium", Medium}, {"defender", "High", High},
-		{"defender", "critical", Critical}, {"defender", "bogus", Informational}, {"defender", "", Informational},
-		{"graph", "unknown", Informational}, {"graph", "informational", Informational}, {"graph", "low", Low},
-		{"graph", "medium", Medium}, {"graph", "high", High}, {"graph", "unknownFutureValue", Informational},
-		{"sentinel", "Informational", Informational}, {"sentinel", "Low", Low}, {"sentinel", "Medium", Medium}, {"sentinel", "High", High},
-		{"azuremonitor", "Sev0", Critical}, {"azuremonitor", "sev1", High}, {"azuremonitor", "Sev2", Medium},
-		{"azuremonitor", "Sev3", Low}, {"azuremonitor", "Sev4", Informational}, {"azuremonitor", "Sev9", Informational},
-		{"elastic", "low", Low}, {"elastic", "medium", Medium}, {"elastic", "high", High}, {"elastic", "critical", Critical},
-		{"splunk", "info", Informational}, {"splunk", "1", Informational}, {"splunk", "2", Low}, {"splunk", "3", Medium},
-		{"splunk", "4", High}, {"splunk", "5", Critical}, {"splunk", "Critical", Critical}, {"splunk", "6", Informational},
-		{"alertmanager", "warning", Medium}, {"alertmanager", "critical", Critical}, {"alertmanager", "error", High},
-		{"alertmanager", "info", Informational}, {"alertmanager", "page", Critical}, {"alertmanager", "whatever", Informational},
+		{"defender", "UnSpecified", domain.SeverityInformational}, {"defender", "informational", domain.SeverityInformational},
+		{"defender", "LOW", domain.SeverityLow}, {"defender", "Medium", domain.SeverityMedium}, {"defender", "High", domain.SeverityHigh},
+		{"defender", "critical", domain.SeverityCritical}, {"defender", "bogus", domain.SeverityInformational}, {"defender", "", domain.SeverityInformational},
+		{"graph", "unknown", domain.SeverityInformational}, {"graph", "informational", domain.SeverityInformational}, {"graph", "low", domain.SeverityLow},
+		{"graph", "medium", domain.SeverityMedium}, {"graph", "high", domain.SeverityHigh}, {"graph", "unknownFutureValue", domain.SeverityInformational},
+		{"sentinel", "Informational", domain.SeverityInformational}, {"sentinel", "Low", domain.SeverityLow}, {"sentinel", "Medium", domain.SeverityMedium}, {"sentinel", "High", domain.SeverityHigh},
+		{"azuremonitor", "Sev0", domain.SeverityCritical}, {"azuremonitor", "sev1", domain.SeverityHigh}, {"azuremonitor", "Sev2", domain.SeverityMedium},
+		{"azuremonitor", "Sev3", domain.SeverityLow}, {"azuremonitor", "Sev4", domain.SeverityInformational}, {"azuremonitor", "Sev9", domain.SeverityInformational},
+		{"elastic", "low", domain.SeverityLow}, {"elastic", "medium", domain.SeverityMedium}, {"elastic", "high", domain.SeverityHigh}, {"elastic", "critical", domain.SeverityCritical},
+		{"splunk", "info", domain.SeverityInformational}, {"splunk", "1", domain.SeverityInformational}, {"splunk", "2", domain.SeverityLow}, {"splunk", "3", domain.SeverityMedium},
+		{"splunk", "4", domain.SeverityHigh}, {"splunk", "5", domain.SeverityCritical}, {"splunk", "Critical", domain.SeverityCritical}, {"splunk", "6", domain.SeverityInformational},
+		{"alertmanager", "warning", domain.SeverityMedium}, {"alertmanager", "critical", domain.SeverityCritical}, {"alertmanager", "error", domain.SeverityHigh},
+		{"alertmanager", "info", domain.SeverityInformational}, {"alertmanager", "page", domain.SeverityCritical}, {"alertmanager", "whatever", domain.SeverityInformational},
 	}
 	for _, c := range cases {
 		body := severityBody(c.source, c.word)
@@ -559,11 +561,11 @@ func TestSeverityTables(t *testing.T) {
 	}
 	// Splunk: a numeric JSON value, and urgency when severity is absent.
 	got, _ := Decode("splunk", []byte(`{"sid":"s","result":{"severity":4}}`), Options{})
-	if got[0].Severity != High {
+	if got[0].Severity != domain.SeverityHigh {
 		t.Errorf("splunk numeric 4: %q", got[0].Severity)
 	}
 	got, _ = Decode("splunk", []byte(`{"sid":"s","result":{"urgency":"critical"}}`), Options{})
-	if got[0].Severity != Critical {
+	if got[0].Severity != domain.SeverityCritical {
 		t.Errorf("splunk urgency: %q", got[0].Severity)
 	}
 }
@@ -590,11 +592,11 @@ func severityBody(source, word string) []byte {
 
 func TestSourcesAndErrors(t *testing.T) {
 	want := []string{"defender", "graph", "sentinel", "azuremonitor", "splunk", "elastic", "alertmanager", "generic"}
-	if got := Sources(); !slices.Equal(got, want) {
+	if got := domain.Sources(); !slices.Equal(got, want) {
 		t.Errorf("Sources() = %v, want %v", got, want)
 	}
-	Sources()[0] = "changed"
-	if Sources()[0] != "defender" {
+	domain.Sources()[0] = "changed"
+	if domain.Sources()[0] != "defender" {
 		t.Error("Sources() shares its slice")
 	}
 	if _, err := Decode("nope", []byte(`{}`), Options{}); !errors.Is(err, ErrUnknownSource) {

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // TestDocYAMLExamples reads the configuration examples of docs/sources.md
@@ -59,7 +61,7 @@ func TestDocYAMLExamples(t *testing.T) {
 	if err := m.Validate(); err != nil {
 		t.Error(err)
 	}
-	if m.ID != "detection_id" || m.SeverityMap["sev-a"] != Critical || m.Devices == nil || m.Devices.DNSName != "fqdn" || m.SkipWhen == nil || len(m.SkipWhen.Values) != 2 {
+	if m.ID != "detection_id" || m.SeverityMap["sev-a"] != domain.SeverityCritical || m.Devices == nil || m.Devices.DNSName != "fqdn" || m.SkipWhen == nil || len(m.SkipWhen.Values) != 2 {
 		t.Errorf("generic mapping example read as %+v", m)
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/elastic-two-alerts.json from the template in docs/sources.md")
@@ -50,7 +52,7 @@ func TestElasticTemplateInDoc(t *testing.T) {
 	}
 	checkAlerts(t, "elastic", got, []want{
 		{
-			ID: "f3b1c2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90", Severity: High,
+			ID: "f3b1c2d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90", Severity: domain.SeverityHigh,
 			Title: `Endpoint "Malware" Prevention`, Status: "open",
 			URL: "https://kibana.example.com/app/security/alerts/redirect/f3b1c2d4?index=.alerts-security.alerts-default",
 			// host.id is an agent GUID, not a machine id: the name stands alone.
@@ -58,7 +60,7 @@ func TestElasticTemplateInDoc(t *testing.T) {
 			Tags:    []string{"Elastic", "Endpoint Security"}, Mitre: []string{"T1204", "T1059"},
 		},
 		{
-			ID: "0a1b2c3d4e5f60718293a4b5c6d7e8f9", Severity: Critical, Title: "Ransomware Detection", Status: "active",
+			ID: "0a1b2c3d4e5f60718293a4b5c6d7e8f9", Severity: domain.SeverityCritical, Title: "Ransomware Detection", Status: "active",
 			// No kibana.alert.url: the rule's URL from the template.
 			URL:     "https://kibana.example.com/app/security/rules/id/0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5",
 			Devices: []Device{{ID: "abcdefabcdefabcdefabcdefabcdefabcdefabcd"}},

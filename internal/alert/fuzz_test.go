@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // fuzzDecode checks the invariants every decoder keeps on any input: no
@@ -62,31 +64,31 @@ func fuzzDecode(t *testing.T, source string, body []byte, opts Options) {
 }
 
 func FuzzDecodeDefender(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceDefender, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceDefender, body, Options{}) })
 }
 
 func FuzzDecodeGraph(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceGraph, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceGraph, body, Options{}) })
 }
 
 func FuzzDecodeSentinel(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceSentinel, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceSentinel, body, Options{}) })
 }
 
 func FuzzDecodeAzureMonitor(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceAzureMonitor, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceAzureMonitor, body, Options{}) })
 }
 
 func FuzzDecodeSplunk(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceSplunk, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceSplunk, body, Options{}) })
 }
 
 func FuzzDecodeElastic(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceElastic, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceElastic, body, Options{}) })
 }
 
 func FuzzDecodeAlertmanager(f *testing.F) {
-	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, SourceAlertmanager, body, Options{}) })
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzDecode(t, domain.SourceAlertmanager, body, Options{}) })
 }
 
 // FuzzDecodeGeneric fuzzes the body and one mapped path (the device list's
@@ -102,7 +104,7 @@ func FuzzDecodeGeneric(f *testing.F) {
 		if _, _, err := parsePath(path); err == nil {
 			m.Devices.DNSName = path
 		}
-		fuzzDecode(t, SourceGeneric, body, Options{Generic: m})
-		fuzzDecode(t, SourceGeneric, body, Options{Generic: &GenericMapping{ID: "id", DNSName: "host"}})
+		fuzzDecode(t, domain.SourceGeneric, body, Options{Generic: m})
+		fuzzDecode(t, domain.SourceGeneric, body, Options{Generic: &GenericMapping{ID: "id", DNSName: "host"}})
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // GenericMapping maps JSON paths of a body to the normalized fields
@@ -27,13 +29,13 @@ type GenericMapping struct {
 	// normalized severities. Words not in the map are read as the normalized
 	// names themselves (informational/info, low, medium, high, critical),
 	// and anything else is informational.
-	SeverityMap     map[string]Severity `yaml:"severity_map"`
-	Title           string              `yaml:"title"`
-	Description     string              `yaml:"description"`
-	Category        string              `yaml:"category"`
-	DetectionSource string              `yaml:"detection_source"`
-	ThreatFamily    string              `yaml:"threat_family"`
-	Status          string              `yaml:"status"`
+	SeverityMap     map[string]domain.Severity `yaml:"severity_map"`
+	Title           string                     `yaml:"title"`
+	Description     string                     `yaml:"description"`
+	Category        string                     `yaml:"category"`
+	DetectionSource string                     `yaml:"detection_source"`
+	ThreatFamily    string                     `yaml:"threat_family"`
+	Status          string                     `yaml:"status"`
 	// Tags and MitreTechniques: a string or an array of strings.
 	Tags            string `yaml:"tags"`
 	MitreTechniques string `yaml:"mitre_techniques"`
@@ -230,7 +232,7 @@ func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 	if g.SkipWhen != nil {
 		skip = p(g.SkipWhen.Path)
 	}
-	sevMap := make(map[string]Severity, len(g.SeverityMap))
+	sevMap := make(map[string]domain.Severity, len(g.SeverityMap))
 	for k, v := range g.SeverityMap {
 		sevMap[strings.ToLower(strings.TrimSpace(k))] = v
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func TestGenericMapping(t *testing.T) {
@@ -11,7 +13,7 @@ func TestGenericMapping(t *testing.T) {
 		Alerts:          "payload.detections",
 		ID:              "detection_id",
 		Severity:        "level",
-		SeverityMap:     map[string]Severity{"SEV-A": Critical, "p3": Medium},
+		SeverityMap:     map[string]domain.Severity{"SEV-A": domain.SeverityCritical, "p3": domain.SeverityMedium},
 		Title:           "name",
 		Description:     "details.text",
 		Category:        "classification",
@@ -42,7 +44,7 @@ func TestGenericMapping(t *testing.T) {
 	}
 	checkAlerts(t, "generic", got, []want{
 		{
-			ID: "1001", Severity: Critical, Title: "Cryptominer", Category: "Malware", Status: "open", URL: "https://edr.example.com/d/1001",
+			ID: "1001", Severity: domain.SeverityCritical, Title: "Cryptominer", Category: "Malware", Status: "open", URL: "https://edr.example.com/d/1001",
 			Devices: []Device{
 				{ID: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", DNSName: "srv-1.example.com"},
 				{DNSName: "srv-2.example.com", AADDeviceID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"},
@@ -50,8 +52,8 @@ func TestGenericMapping(t *testing.T) {
 			Dropped: []string{"bad host"},
 			Tags:    []string{"crown-jewel", "prod"}, Mitre: []string{"T1496"},
 		},
-		{ID: "d-2", Severity: Medium, Skip: "state is RESOLVED: skipped by the generic mapping's skip_when", Devices: []Device{{DNSName: "srv-3"}}},
-		{ID: "d-3", Severity: High},
+		{ID: "d-2", Severity: domain.SeverityMedium, Skip: "state is RESOLVED: skipped by the generic mapping's skip_when", Devices: []Device{{DNSName: "srv-3"}}},
+		{ID: "d-3", Severity: domain.SeverityHigh},
 	})
 	a := got[0]
 	if a.DetectionSource != "AcmeEDR" || a.TenantID != "t-1" || a.Description != "found" || a.Time.IsZero() {
@@ -70,14 +72,14 @@ func TestGenericBodyShapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkAlerts(t, "generic", got, []want{{ID: "e1", Severity: High, Devices: []Device{{DNSName: "a.example.com"}, {DNSName: "b.example.com"}}}})
+	checkAlerts(t, "generic", got, []want{{ID: "e1", Severity: domain.SeverityHigh, Devices: []Device{{DNSName: "a.example.com"}, {DNSName: "b.example.com"}}}})
 	// An array of objects, with dotted keys and bracket indices.
 	m2 := &GenericMapping{ID: "event.id", DNSName: "hosts[1].name"}
 	got, err = Decode("generic", []byte(`[{"event.id":"x1","hosts":[{"name":"h0"},{"name":"h1"}]},{"event":{"id":"x2"}}]`), Options{Generic: m2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkAlerts(t, "generic", got, []want{{ID: "x1", Severity: Informational, Devices: []Device{{DNSName: "h1"}}}, {ID: "x2", Severity: Informational}})
+	checkAlerts(t, "generic", got, []want{{ID: "x1", Severity: domain.SeverityInformational, Devices: []Device{{DNSName: "h1"}}}, {ID: "x2", Severity: domain.SeverityInformational}})
 	if string(got[1].Raw) != `{"event":{"id":"x2"}}` {
 		t.Errorf("raw %s", got[1].Raw)
 	}
@@ -107,7 +109,7 @@ func TestGenericErrors(t *testing.T) {
 func TestGenericValidate(t *testing.T) {
 	ok := []*GenericMapping{
 		{ID: "id"},
-		{ID: "a.b[0].c", Alerts: "$.x.y", SeverityMap: map[string]Severity{"p1": Critical}},
+		{ID: "a.b[0].c", Alerts: "$.x.y", SeverityMap: map[string]domain.Severity{"p1": domain.SeverityCritical}},
 		{ID: "a[0][1]", Devices: &GenericDevices{Path: "d", DeviceID: "i"}},
 		{ID: "id", SkipWhen: &GenericSkip{Path: "s", Values: []string{"closed"}}},
 	}
@@ -129,8 +131,8 @@ func TestGenericValidate(t *testing.T) {
 		{&GenericMapping{ID: "a[0]b"}, "id: "},
 		{&GenericMapping{ID: "id", Title: "$."}, "title: "},
 		{&GenericMapping{ID: "id", Alerts: strings.Repeat("a.", 40) + "a"}, "alerts: "},
-		{&GenericMapping{ID: "id", SeverityMap: map[string]Severity{"p1": "urgent"}}, "severity_map"},
-		{&GenericMapping{ID: "id", SeverityMap: map[string]Severity{" ": High}}, "severity_map"},
+		{&GenericMapping{ID: "id", SeverityMap: map[string]domain.Severity{"p1": "urgent"}}, "severity_map"},
+		{&GenericMapping{ID: "id", SeverityMap: map[string]domain.Severity{" ": domain.SeverityHigh}}, "severity_map"},
 		{&GenericMapping{ID: "id", Devices: &GenericDevices{DNSName: "n"}}, "devices.path: required"},
 		{&GenericMapping{ID: "id", Devices: &GenericDevices{Path: "d"}}, "devices: needs"},
 		{&GenericMapping{ID: "id", SkipWhen: &GenericSkip{Path: "s"}}, "skip_when.values"},

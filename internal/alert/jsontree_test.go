@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // stdAny is what parseJSON must reproduce.
@@ -241,7 +243,7 @@ func TestParseJSONErrors(t *testing.T) {
 			t.Errorf("%q: %q, want %q", c.in, got, c.want)
 		}
 		// Decode words it the same way, under the body field.
-		_, derr := Decode(SourceDefender, []byte(c.in), Options{})
+		_, derr := Decode(domain.SourceDefender, []byte(c.in), Options{})
 		var fe *FieldError
 		if c.in != "" && (!errors.As(derr, &fe) || fe.Field != "body" || fe.Msg != "not valid JSON: "+c.want) {
 			t.Errorf("%q: Decode error %v", c.in, derr)
@@ -336,7 +338,7 @@ func BenchmarkDecodeDefender(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Decode(SourceDefender, body, Options{}); err != nil {
+		if _, err := Decode(domain.SourceDefender, body, Options{}); err != nil {
 			b.Fatal(err)
 		}
 	}

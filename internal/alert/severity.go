@@ -1,36 +1,40 @@
 package alert
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/scanhook/scanhook/internal/domain"
+)
 
 // Severity words per source (lower-cased), from the table in sources.md.
 // Every source also understands the five normalized names themselves;
 // anything unrecognized is informational (it is still recorded and explained,
 // and rules can still match it through raw.<path>).
 var (
-	commonSeverities = map[string]Severity{
-		"informational": Informational, "info": Informational,
-		"low": Low, "medium": Medium, "high": High, "critical": Critical,
+	commonSeverities = map[string]domain.Severity{
+		"informational": domain.SeverityInformational, "info": domain.SeverityInformational,
+		"low": domain.SeverityLow, "medium": domain.SeverityMedium, "high": domain.SeverityHigh, "critical": domain.SeverityCritical,
 	}
-	defenderSeverities = map[string]Severity{"unspecified": Informational}
-	graphSeverities    = map[string]Severity{"unknown": Informational}
-	azureSeverities    = map[string]Severity{
-		"sev0": Critical, "sev1": High, "sev2": Medium, "sev3": Low, "sev4": Informational,
+	defenderSeverities = map[string]domain.Severity{"unspecified": domain.SeverityInformational}
+	graphSeverities    = map[string]domain.Severity{"unknown": domain.SeverityInformational}
+	azureSeverities    = map[string]domain.Severity{
+		"sev0": domain.SeverityCritical, "sev1": domain.SeverityHigh, "sev2": domain.SeverityMedium, "sev3": domain.SeverityLow, "sev4": domain.SeverityInformational,
 	}
 	// Splunk: ES urgency words, and 1-5 for searches that compute a
 	// numeric severity (1 lowest).
-	splunkSeverities = map[string]Severity{
-		"1": Informational, "2": Low, "3": Medium, "4": High, "5": Critical,
+	splunkSeverities = map[string]domain.Severity{
+		"1": domain.SeverityInformational, "2": domain.SeverityLow, "3": domain.SeverityMedium, "4": domain.SeverityHigh, "5": domain.SeverityCritical,
 	}
 	// Alertmanager: the usual severity label values of Prometheus rules.
-	alertmanagerSeverities = map[string]Severity{
-		"none": Informational, "debug": Informational, "notice": Low,
-		"minor": Medium, "warning": Medium, "warn": Medium,
-		"major": High, "error": High,
-		"page": Critical, "emergency": Critical, "fatal": Critical,
+	alertmanagerSeverities = map[string]domain.Severity{
+		"none": domain.SeverityInformational, "debug": domain.SeverityInformational, "notice": domain.SeverityLow,
+		"minor": domain.SeverityMedium, "warning": domain.SeverityMedium, "warn": domain.SeverityMedium,
+		"major": domain.SeverityHigh, "error": domain.SeverityHigh,
+		"page": domain.SeverityCritical, "emergency": domain.SeverityCritical, "fatal": domain.SeverityCritical,
 	}
 )
 
-func normSeverity(table map[string]Severity, word string) Severity {
+func normSeverity(table map[string]domain.Severity, word string) domain.Severity {
 	w := strings.ToLower(strings.TrimSpace(word))
 	if s, ok := table[w]; ok {
 		return s
@@ -38,5 +42,5 @@ func normSeverity(table map[string]Severity, word string) Severity {
 	if s, ok := commonSeverities[w]; ok {
 		return s
 	}
-	return Informational
+	return domain.SeverityInformational
 }

@@ -17,9 +17,9 @@ import (
 	"syscall"
 
 	"github.com/scanhook/scanhook/examples"
-	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/config"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // demoListen is where the demo listens unless told otherwise; if it is
@@ -82,12 +82,12 @@ func RunDemo(ctx context.Context, env Env, listen string) error {
 		}
 	}
 	var sources strings.Builder
-	for _, s := range alert.Sources() {
-		if s == alert.SourceGeneric {
+	for _, s := range domain.Sources() {
+		if s == domain.SourceGeneric {
 			continue // it needs a mapping, which is yours to write
 		}
 		fmt.Fprintf(&sources, "  %s:\n    auth:\n      bearer_token_file: webhook-token\n", s)
-		if s == alert.SourceSplunk {
+		if s == domain.SourceSplunk {
 			sources.WriteString("      query_token_file: webhook-token\n")
 		}
 	}

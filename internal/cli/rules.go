@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 	"github.com/scanhook/scanhook/rules"
 )
@@ -92,7 +93,7 @@ func rulesTest(args []string, env Env) error {
 	fs := flag.NewFlagSet("rules test", flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
 	rulesFile := fs.String("rules", "", "rule file (required)")
-	source := fs.String("source", "", "alert source: "+strings.Join(alert.Sources(), ", ")+" (required)")
+	source := fs.String("source", "", "alert source: "+strings.Join(domain.Sources(), ", ")+" (required)")
 	configFile := fs.String("config", "", "service config, for the alertmanager label names and the generic mapping")
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: scanhook rules test --rules FILE --source SOURCE [--config FILE] ALERT.json...\n\nEvaluates alerts against rules without side effects; prints one JSON line per (alert, device). '-' reads standard input.")
@@ -109,8 +110,8 @@ func rulesTest(args []string, env Env) error {
 	if *source == "" {
 		return usagef("rules test: --source is required")
 	}
-	if !slices.Contains(alert.Sources(), *source) {
-		return usagef("rules test: unknown source %q (want one of %s)", *source, strings.Join(alert.Sources(), ", "))
+	if !slices.Contains(domain.Sources(), *source) {
+		return usagef("rules test: unknown source %q (want one of %s)", *source, strings.Join(domain.Sources(), ", "))
 	}
 	if len(files) == 0 {
 		return usagef("rules test: no alert file given")

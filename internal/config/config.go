@@ -1,5 +1,5 @@
 // Package config owns scanhook's configuration file: its schema (the
-// contract of DESIGN.md), strict loading with FILE:LINE:COL errors, defaults,
+// contract of docs/configuration.md), strict loading with FILE:LINE:COL errors, defaults,
 // and reading the secrets it points at (files or environment, never inline).
 package config
 
@@ -17,6 +17,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/yamlpos"
 )
 
@@ -254,9 +255,9 @@ func (v *validator) check(c *Config) {
 	for _, name := range names {
 		s := c.Sources[name]
 		p := []string{"sources", name}
-		if !slices.Contains(alert.Sources(), name) {
-			msg := fmt.Sprintf("sources: unknown source %q (want one of %s)", name, strings.Join(alert.Sources(), ", "))
-			if sug := yamlpos.Suggest(name, alert.Sources()); sug != "" {
+		if !slices.Contains(domain.Sources(), name) {
+			msg := fmt.Sprintf("sources: unknown source %q (want one of %s)", name, strings.Join(domain.Sources(), ", "))
+			if sug := yamlpos.Suggest(name, domain.Sources()); sug != "" {
 				msg += fmt.Sprintf("; did you mean %q?", sug)
 			}
 			v.errs = append(v.errs, yamlpos.At(v.file, keyNodeAt(v.root, p), "%s", msg))

@@ -9,7 +9,7 @@ import (
 )
 
 // Config is the `defender:` section of the scanhook configuration file
-// (DESIGN.md). The config loader decodes YAML straight into it, so it holds
+// (docs/configuration.md). The config loader decodes YAML straight into it, so it holds
 // plain fields only; New applies the defaults (see Effective).
 type Config struct {
 	// Cloud picks the API URL, authority host and scope: commercial (the
@@ -69,7 +69,7 @@ type CloudEndpoints struct {
 	Scope         string
 }
 
-// clouds follows api-facts.md. The GCC and GCC High/DoD scopes are not
+// clouds follows docs/defender-api.md. The GCC and GCC High/DoD scopes are not
 // confirmed by Microsoft's docs, which is why `scope` is overridable.
 var clouds = map[string]CloudEndpoints{
 	CloudCommercial: {

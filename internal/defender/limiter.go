@@ -102,9 +102,9 @@ type SlidingWindowOptions struct {
 
 // SlidingWindowLimiter is the in-process Limiter: a sliding-window log per
 // family. It never lets more than Limit calls into any window of Length
-// (plus margin), as Defender's limits read most strictly (api-facts.md).
+// (plus margin), as Defender's limits read most strictly (docs/defender-api.md).
 //
-// Why not golang.org/x/time/rate (named in DESIGN.md): a token bucket with
+// Why not golang.org/x/time/rate (the usual choice): a token bucket with
 // burst b and rate r/w lets b calls through at once and then r more within
 // the same w, i.e. up to twice the per-minute limit in one sliding minute;
 // a bucket with burst 1 would keep within the limit but space calls 600ms

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// GET /api/machines/{name} takes the computer name (api-facts.md, "Finding
+// GET /api/machines/{name} takes the computer name (docs/defender-api.md, "Finding
 // the machine"): the full DNS name or, without a domain, its first label;
 // the computerDnsName filter matches the full name only.
 func TestGetMachineByComputerName(t *testing.T) {

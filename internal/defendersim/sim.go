@@ -1,8 +1,8 @@
 // Package defendersim owns the project's only fake of Microsoft Defender for
 // Endpoint and of the Entra ID token service in front of it.
 //
-// It is written from the API documentation alone (defender/api-facts.md and
-// run-av-scan.md) and shares no code or types with the client in
+// It is written from the API documentation alone (docs/defender-api.md)
+// and shares no code or types with the client in
 // internal/defender, so a misreading in one is caught by the other. It is
 // deliberately strict: case-sensitive body keys, audience-checked bearer
 // tokens, sliding-window rate limits and the 400-while-pending rule, because a
@@ -32,7 +32,7 @@ const (
 	DefaultClientSecret = "defendersim-test-secret"
 	// DefaultAudience is the commercial Defender for Endpoint API.
 	DefaultAudience = "https://api.securitycenter.microsoft.com"
-	// LegacyScope is the scope api-facts.md calls equivalent to the commercial one.
+	// LegacyScope is the scope docs/defender-api.md calls equivalent to the commercial one.
 	LegacyScope = "https://securitycenter.onmicrosoft.com/windowsatpservice/.default"
 )
 
@@ -44,7 +44,7 @@ const (
 	RoleMachineReadWriteAll = "Machine.ReadWrite.All"
 )
 
-// Action statuses of api-facts.md.
+// Action statuses of docs/defender-api.md.
 const (
 	StatusPending    = "Pending"
 	StatusInProgress = "InProgress"
@@ -62,7 +62,7 @@ const (
 )
 
 // DuplicateScan modes: what a scan request for a machine with a scan still
-// pending or in progress gets. api-facts.md documents both behaviours.
+// pending or in progress gets. docs/defender-api.md documents both behaviours.
 const (
 	DuplicateScanError    = "error"    // 400 ActiveRequestAlreadyExists (default)
 	DuplicateScanExisting = "existing" // 201 with the existing action
@@ -97,7 +97,7 @@ type Options struct {
 	// OsPlatformNotSupported; default Linux, macOS, iOS, Android.
 	UnsupportedPlatforms []string
 	// ListLastUpdateTimeUtc makes machine action list responses spell the
-	// update time lastUpdateTimeUtc, as api-facts.md says some do, so a
+	// update time lastUpdateTimeUtc, as docs/defender-api.md says some do, so a
 	// client can be tested against both spellings.
 	ListLastUpdateTimeUtc bool
 	RateLimit             RateLimit

@@ -348,7 +348,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	grace.Stop()
 	bg.Wait()
 
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
 	if err := d.st.ReleaseJobs(rctx, d.opts.Owner); err != nil {
 		d.log.Error("dispatcher stop: releasing jobs failed; they return to the queue when their lease ends",
@@ -359,8 +359,17 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
-// stuckAfterCancel bounds the wait for cancelled attempts at stop.
-const stuckAfterCancel = 5 * time.Second
+// stuckAfterCancel bounds the wait for cancelled attempts at stop, and
+// releaseTimeout the hand-back of the jobs still held.
+const (
+	stuckAfterCancel = 5 * time.Second
+	releaseTimeout   = 10 * time.Second
+)
+
+// MaxStopTime bounds how long Run takes to return once its context is done
+// with the default ShutdownGrace: the chart's termination grace period must
+// cover it after the HTTP drain.
+const MaxStopTime = defaultShutdownGrace + stuckAfterCancel + releaseTimeout
 
 // claimLoop leases only as many jobs as there are free workers, so that no
 // job's lease runs down while it waits for a worker.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defendersim/simtest"
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -188,7 +189,7 @@ func (e *env) queue(t testing.TB, dev alert.Device, scan string) (string, int64)
 	res, err := e.st.Ingest(context.Background(), store.Delivery{
 		Source: "generic",
 		Alerts: []store.AlertInput{{
-			Alert: alert.Alert{ID: id, Source: "generic", Severity: alert.Severity("high"), Title: "test", Devices: []alert.Device{dev}},
+			Alert: alert.Alert{ID: id, Source: "generic", Severity: domain.Severity("high"), Title: "test", Devices: []alert.Device{dev}},
 			Decisions: []store.DecisionInput{{
 				Device: &dev, Rule: "test-rule", Scan: scan,
 				Comment: "scanhook test-rule: generic alert " + id,

@@ -99,7 +99,7 @@ func FuzzIngestRoundTrip(f *testing.F) {
 	s := sqliteBackend(f).open(f)
 	f.Fuzz(func(t *testing.T, id, title, rule, comment string, raw []byte) {
 		in := AlertInput{
-			Alert:     alert.Alert{ID: id, Title: title, Severity: alert.Medium},
+			Alert:     alert.Alert{ID: id, Title: title, Severity: domain.SeverityMedium},
 			Raw:       raw,
 			Decisions: []DecisionInput{{Device: &alert.Device{DNSName: "h.contoso.com"}, Rule: rule, Scan: domain.ScanQuick, Comment: comment}},
 		}

@@ -138,7 +138,7 @@ func full(d *alert.Device) DecisionInput {
 
 func alertIn(id string, decs ...DecisionInput) AlertInput {
 	return AlertInput{
-		Alert:     alert.Alert{ID: id, Source: "sentinel", Severity: alert.High, Title: "alert " + id},
+		Alert:     alert.Alert{ID: id, Source: "sentinel", Severity: domain.SeverityHigh, Title: "alert " + id},
 		Raw:       json.RawMessage(`{"id":"` + id + `","nested":{"k":[1,2,3]}}`),
 		Decisions: decs,
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func inventory(n int) []machine {
@@ -76,7 +77,7 @@ func TestGenerateTargetsDecodeAsDistinctAlerts(t *testing.T) {
 		if err != nil {
 			t.Fatalf("line %d: body: %v", n, err)
 		}
-		alerts, err := alert.Decode(alert.SourceDefender, body, alert.Options{})
+		alerts, err := alert.Decode(domain.SourceDefender, body, alert.Options{})
 		if err != nil {
 			t.Fatalf("line %d: decode: %v", n, err)
 		}
@@ -91,9 +92,9 @@ func TestGenerateTargetsDecodeAsDistinctAlerts(t *testing.T) {
 			t.Errorf("line %d: id %q repeated", n, a.ID)
 		}
 		seenIDs[a.ID] = true
-		wantSev := alert.High
+		wantSev := domain.SeverityHigh
 		if n%4 == 0 {
-			wantSev = alert.Low
+			wantSev = domain.SeverityLow
 		}
 		if a.Severity != wantSev {
 			t.Errorf("line %d: severity %q, want %q", n, a.Severity, wantSev)

@@ -85,10 +85,9 @@ refuse that the schema lets through.
 
 {{/*
 scanhook.dispatchStopSeconds is the longest scanhook's dispatcher takes to
-stop once the HTTP server has drained (internal/dispatch, Dispatcher.Run):
-up to 10s for Defender calls in flight (DefaultShutdownGrace, at most
-dispatch.lease/2), 5s more for those it then cancels (stuckAfterCancel),
-and up to 10s to hand the jobs it holds back to the queue (ReleaseJobs).
+stop once the HTTP server has drained: internal/dispatch's MaxStopTime
+(calls in flight, those it then cancels, handing its jobs back to the
+queue); deploy/chart_test.go holds the two equal.
 Killed before that, its jobs wait out their lease before another replica
 takes them.
 */}}
