@@ -3,7 +3,6 @@ package defender
 import (
 	"context"
 	"crypto/tls"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 type syncBuffer = testutil.SyncBuffer

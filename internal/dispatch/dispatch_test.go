@@ -14,6 +14,7 @@ import (
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 func TestSubmitAndFollowToSucceeded(t *testing.T) {
@@ -25,10 +26,10 @@ func TestSubmitAndFollowToSucceeded(t *testing.T) {
 
 	e.waitJob(t, receipt, store.JobSubmitted)
 	// Followed until final by the poller.
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "the action to be Succeeded", func() bool {
 		_, acts := e.job(t, receipt)
 		return len(acts) == 1 && acts[0].Status == store.ActionSucceeded
-	}, func() string { _, a := e.job(t, receipt); return "action not Succeeded: " + actionStatuses(a) })
+	}, func() string { _, a := e.job(t, receipt); return "actions " + actionStatuses(a) })
 	reqs := scanRequests(e.sim)
 	// A final action is polled no more.
 	e.sim.ResetRequests()
@@ -114,10 +115,10 @@ func TestResolveByDNSName(t *testing.T) {
 
 			// A second job for the same name, once the first is done, is
 			// resolved from the cache.
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, "the first action to be final", func() bool {
 				_, acts := e.job(t, receipt)
 				return len(acts) == 1 && acts[0].Status == store.ActionSucceeded
-			}, func() string { return "first action not final" })
+			})
 			receipt2, _ := e.queue(t, alert.Device{DNSName: name}, store.ScanQuick)
 			d.Kick()
 			j2 := e.waitJob(t, receipt2, store.JobSubmitted)
@@ -257,10 +258,10 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 			base, maxDelay := 20*time.Millisecond, 80*time.Millisecond
 			start(t, e.dispatcher(t, Options{BackoffBase: base, BackoffMax: maxDelay, MaxAttempts: 50}))
 
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, "4 attempts", func() bool {
 				j, _ := e.job(t, receipt)
 				return j.Attempts >= 4
-			}, func() string { return "fewer than 4 attempts" })
+			})
 			e.sim.SetFaults(defendersim.Faults{})
 			j := e.waitJob(t, receipt, store.JobSubmitted)
 
@@ -451,9 +452,9 @@ func TestCrashRecovery(t *testing.T) {
 				t.Errorf("scan requests = %d, want %d", n, wantCalls)
 			}
 			// The outcome is counted just after it is recorded.
-			waitFor(t, 5*time.Second, func() bool {
+			testutil.WaitFor(t, "scanhook_jobs_total{outcome="+tc.wantOutcome+"} to reach 1", func() bool {
 				return counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": tc.wantOutcome}) == 1
-			}, func() string { return "scanhook_jobs_total{outcome=" + tc.wantOutcome + "} never reached 1" })
+			})
 			lists := apiRequests(e.sim, http.MethodGet, "/api/machineactions")
 			if len(lists) == 0 || !strings.Contains(lists[0].RawQuery, "machineId") || !strings.Contains(lists[0].RawQuery, "RunAntiVirusScan") {
 				t.Errorf("no adoption look-up by machine and type: %+v", lists)
@@ -483,10 +484,10 @@ func TestGracefulStop(t *testing.T) {
 			e.sim.SetFaults(defendersim.Faults{Latency: tc.latency})
 			d := e.dispatcher(t, Options{Workers: 2, ShutdownGrace: tc.grace})
 			stop := start(t, d)
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, "both jobs to be calling", func() bool {
 				st, err := e.st.Stats(context.Background())
 				return err == nil && st.JobsByState[store.JobCalling] == 2
-			}, func() string { return "jobs not calling" })
+			})
 			began := time.Now()
 			if err := stop(); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -614,7 +615,7 @@ func TestKickDispatchesAtOnce(t *testing.T) {
 	// With an hour between idle claims, only a kick can dispatch the job.
 	d := e.dispatcher(t, Options{ClaimInterval: time.Hour})
 	start(t, d)
-	waitFor(t, 5*time.Second, func() bool { return cs.claims.Load() >= 1 }, func() string { return "no first claim" })
+	testutil.WaitFor(t, "the first claim", func() bool { return cs.claims.Load() >= 1 })
 	time.Sleep(20 * time.Millisecond) // the first claim has returned and the loop waits
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, store.ScanQuick)
 	d.Kick()
@@ -634,10 +635,10 @@ func TestQueueGauges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.statsLoop(ctx); close(done) }()
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the queue gauges to show 3 queued jobs", func() bool {
 		return counter(t, e.reg, "scanhook_jobs_due", nil) == 3 &&
 			counter(t, e.reg, "scanhook_jobs", map[string]string{"state": "queued"}) == 3
-	}, func() string { return "gauges not refreshed" })
+	})
 	cancel()
 	<-done
 	if got := counter(t, e.reg, "scanhook_jobs", map[string]string{"state": "dead"}); got != 0 {
@@ -757,18 +758,18 @@ func TestLeaseLostIsDropped(t *testing.T) {
 	// One worker, busy with the job: our own claim loop cannot take the
 	// expired lease back before the thief does.
 	start(t, e.dispatcher(t, Options{Lease: time.Minute, Workers: 1}))
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the job to be calling", func() bool {
 		j, _ := e.job(t, receipt)
 		return j.State == store.JobCalling
-	}, func() string { return "job not calling" })
+	})
 	clock.Advance(2 * time.Minute)
 	jobs, err := e.st.ClaimJobs(context.Background(), "thief", 10, time.Hour)
 	if err != nil || len(jobs) != 1 || !jobs[0].Calling {
 		t.Fatalf("thief claimed %+v, %v", jobs, err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the lease loss to be counted", func() bool {
 		return counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": "lease_lost"}) == 1
-	}, func() string { return "lease loss not counted" })
+	})
 	j, _ := e.job(t, receipt)
 	if j.State != store.JobLeased {
 		t.Errorf("job state %s, want still leased by the thief", j.State)
@@ -835,10 +836,10 @@ func TestBreakerOpenWaitsForIt(t *testing.T) {
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, store.ScanQuick)
 	start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
 	var j store.JobDetail
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "a retry for the circuit breaker", func() bool {
 		j, _ = e.job(t, receipt)
 		return j.State == store.JobRetry && strings.Contains(j.LastError, "circuit breaker")
-	}, func() string { return "no breaker error recorded: " + j.LastError })
+	}, func() string { return "job " + j.State + ": " + j.LastError })
 	attempts := j.Attempts
 	// Scan (500 or 503, trips the scan breaker); after a 500, which may
 	// hide a created action, the adoption look-up (5xx, trips the read

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 type fakeClock = testutil.Clock
@@ -219,7 +219,7 @@ func (e *env) job(t testing.TB, receipt string) (store.JobDetail, []store.Action
 func (e *env) waitJob(t testing.TB, receipt string, states ...string) store.JobDetail {
 	t.Helper()
 	var j store.JobDetail
-	waitFor(t, 15*time.Second, func() bool {
+	testutil.WaitForState(t, fmt.Sprintf("the job of receipt %s in state %v", receipt, states), func() bool {
 		j, _ = e.job(t, receipt)
 		for _, s := range states {
 			if j.State == s {
@@ -228,20 +228,9 @@ func (e *env) waitJob(t testing.TB, receipt string, states ...string) store.JobD
 		}
 		return false
 	}, func() string {
-		return fmt.Sprintf("job %d in state %s (last error %q), want %v", j.ID, j.State, j.LastError, states)
+		return fmt.Sprintf("job %d in state %s (last error %q)", j.ID, j.State, j.LastError)
 	})
 	return j
-}
-
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool, msg func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s: %s", timeout, msg())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // scanRequests are the runAntiVirusScan requests the simulator received

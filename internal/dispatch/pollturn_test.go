@@ -11,6 +11,7 @@ import (
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // TestPollTurnGatesPolling checks that with several replicas only the one
@@ -56,7 +57,7 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	}
 
 	allowed.Store(true)
-	waitUntil(t, "a poll once the turn is granted", func() bool { return polls() > 0 })
+	testutil.WaitFor(t, "a poll once the turn is granted", func() bool { return polls() > 0 })
 
 	// The turn is lost (the replica's database session died): the
 	// dispatcher must release it and ask again before polling on.
@@ -64,7 +65,7 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	mu.Lock()
 	close(lost)
 	mu.Unlock()
-	waitUntil(t, "the lost turn to be released and asked for again", func() bool {
+	testutil.WaitFor(t, "the lost turn to be released and asked for again", func() bool {
 		return released.Load() == 1 && asked.Load() > askedBefore
 	})
 
@@ -73,16 +74,5 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	}
 	if released.Load() != 2 {
 		t.Errorf("released %d turns, want 2 (the lost one and the one held at stop)", released.Load())
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/scanhook/scanhook/internal/defender"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // adoptLookups are the crash-adoption look-ups the simulator received: a
@@ -63,13 +64,11 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 	const holds = maxAttempts + 2
 	for i := 1; i <= holds; i++ {
 		var j store.JobDetail
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitForState(t, "hold-back "+itoa(i)+" to be recorded", func() bool {
 			j, _ = e.job(t, receipt)
 			// Receipt reads the job and its history apart: wait for both.
 			return countOutcome(j, store.OutcomeNotAttempted) == i && j.State != store.JobCalling && j.State != store.JobLeased
-		}, func() string {
-			return "hold-back " + itoa(i) + " not recorded; job " + j.State + ": " + j.LastError
-		})
+		}, func() string { return "job " + j.State + ": " + j.LastError })
 		if j.State != store.JobRetry || j.Attempts != 0 {
 			t.Fatalf("after hold-back %d: state %s, attempts %d, want retry with no attempt counted", i, j.State, j.Attempts)
 		}
@@ -177,9 +176,9 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		e.sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
 		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, store.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitFor(t, "2 scan calls", func() bool {
 			return len(scanRequests(e.sim)) >= 2
-		}, func() string { return "fewer than 2 scan calls" })
+		})
 		e.sim.SetFaults(defendersim.Faults{})
 		e.waitJob(t, receipt, store.JobSubmitted)
 		scans := scanRequests(e.sim)
@@ -281,9 +280,9 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 
 	countStates := func() (map[string]int, int) { return e.jobStates(t, receipts) }
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the dispatcher to wait for the scan budget twice", func() bool {
 		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 2
-	}, func() string { return "the dispatcher never waited for the scan budget" })
+	})
 	if states, holdBacks := countStates(); states[store.JobQueued] != 3 || holdBacks != 0 {
 		t.Fatalf("with the budget spent: states %v, hold-backs %d; want 3 queued, none held back", states, holdBacks)
 	}
@@ -291,10 +290,10 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	for round := 1; round <= 3; round++ {
 		// One call's worth of room: one more job goes, the others wait.
 		limClock.Advance(window + time.Second)
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitForState(t, fmt.Sprintf("round %d: %d jobs submitted, none held", round, round), func() bool {
 			states, _ := countStates()
 			return states[store.JobSubmitted] == round && states[store.JobCalling] == 0 && states[store.JobLeased] == 0
-		}, func() string { states, _ := countStates(); return fmt.Sprintf("round %d: states %v", round, states) })
+		}, func() string { states, _ := countStates(); return fmt.Sprintf("states %v", states) })
 		// Give a dispatcher that claimed more than the room time to show it.
 		time.Sleep(200 * time.Millisecond)
 		if states, holdBacks := countStates(); states[store.JobSubmitted] != round || states[store.JobQueued] != 3-round || holdBacks != 0 {
@@ -328,12 +327,13 @@ func TestClaimsNoMoreThanTheRoom(t *testing.T) {
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 	count := func() (map[string]int, int) { return e.jobStates(t, receipts) }
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "3 jobs submitted, none held, and a wait for the budget", func() bool {
 		states, _ := count()
-		return states[store.JobSubmitted] == 3 && counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
+		return states[store.JobSubmitted] == 3 && states[store.JobCalling] == 0 && states[store.JobLeased] == 0 &&
+			counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
 	}, func() string {
 		states, _ := count()
-		return fmt.Sprintf("states %v, or no wait for the budget", states)
+		return fmt.Sprintf("states %v, budget waits %v", states, counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil))
 	})
 	// Give a dispatcher that claimed past the room time to show it.
 	time.Sleep(200 * time.Millisecond)
