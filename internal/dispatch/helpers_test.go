@@ -313,33 +313,49 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	return n == len(want)
 }
 
-// countingStore counts the dispatcher's claims.
+// countingStore counts the dispatcher's claims, the jobs they handed out
+// and its reads of open actions (one per poll), so that a test can wait
+// for the dispatcher's next loop instead of for time to pass.
 type countingStore struct {
 	Store
-	claims atomic.Int64
+	claims      atomic.Int64 // ClaimJobs calls ended
+	claimed     atomic.Int64 // jobs handed out by them
+	openActions atomic.Int64 // OpenActions calls ended
+}
 
-	mu sync.Mutex
-	// claimed holds when each job was handed out, once per claim: an
-	// attempt starts then, after the claim's query found it due.
-	claimed []time.Time
+// counting wraps the env's store for the dispatchers made after it.
+func (e *env) counting() *countingStore {
+	cs := &countingStore{}
+	e.wrap = func(s Store) Store { cs.Store = s; return cs }
+	return cs
 }
 
 func (c *countingStore) ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Job, error) {
 	defer c.claims.Add(1)
 	jobs, err := c.Store.ClaimJobs(ctx, owner, limit, lease)
-	if len(jobs) > 0 {
-		now := time.Now()
-		c.mu.Lock()
-		for range jobs {
-			c.claimed = append(c.claimed, now)
-		}
-		c.mu.Unlock()
-	}
+	c.claimed.Add(int64(len(jobs)))
 	return jobs, err
 }
 
-func (c *countingStore) claimTimes() []time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Time(nil), c.claimed...)
+func (c *countingStore) OpenActions(ctx context.Context, limit int) ([]store.Action, error) {
+	defer c.openActions.Add(1)
+	return c.Store.OpenActions(ctx, limit)
+}
+
+// claimRound waits for a whole claim to begin and end after the call: the
+// second of two more claims to end began after the first ended. Whatever
+// was due when claimRound was called, that claim saw; what it did not hand
+// out was not due. (The dispatcher claims every ClaimInterval while idle.)
+func (c *countingStore) claimRound(t testing.TB) {
+	t.Helper()
+	n := c.claims.Load()
+	testutil.WaitFor(t, "two more claims", func() bool { return c.claims.Load() >= n+2 })
+}
+
+// pollRound is claimRound for the poll loop: a whole poll (OpenActions
+// and whatever it asks Defender) ran after the call.
+func (c *countingStore) pollRound(t testing.TB) {
+	t.Helper()
+	n := c.openActions.Load()
+	testutil.WaitFor(t, "two more polls", func() bool { return c.openActions.Load() >= n+2 })
 }

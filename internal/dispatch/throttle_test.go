@@ -55,6 +55,7 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, store.ScanQuick)
+	cs := e.counting()
 	const maxAttempts = 2
 	// Lease/2 = 1s bounds each attempt: far less than the window's wait.
 	// NoBudgetWait: claim regardless, as when another replica took the
@@ -75,11 +76,12 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 		if !strings.Contains(j.LastError, "local rate limit") {
 			t.Errorf("last error %q does not name the local rate limit", j.LastError)
 		}
-		// Not before the limiter expects room: a minute early, nothing.
+		// Not before the limiter expects room: a minute early, a whole
+		// claim does not hand the job out.
 		clock.Advance(4 * time.Minute)
-		time.Sleep(100 * time.Millisecond)
-		if n := countOutcome(e.mustJob(t, receipt), store.OutcomeNotAttempted); n != i {
-			t.Fatalf("retried %d times before the predicted wait ended", n-i)
+		cs.claimRound(t)
+		if n := cs.claimed.Load(); n != int64(i) {
+			t.Fatalf("claimed %d times before the predicted wait ended", n-int64(i))
 		}
 		if i < holds {
 			clock.Advance(2 * time.Minute)
@@ -124,11 +126,16 @@ func TestLocalThrottleMaxAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 1).ID}, store.ScanQuick)
+	cs := e.counting()
 	start(t, e.dispatcher(t, Options{MaxAge: 30 * time.Minute, Lease: 2 * time.Second, NoBudgetWait: true}))
 	e.waitJob(t, receipt, store.JobRetry)
-	// The hour's wait runs past max_age: the job is not given up at once.
+	// The hour's wait runs past max_age: the job is not given up at once,
+	// nor tried again a minute before max_age.
 	clock.Advance(29 * time.Minute)
-	time.Sleep(100 * time.Millisecond)
+	cs.claimRound(t)
+	if n := cs.claimed.Load(); n != 1 {
+		t.Fatalf("a minute before max_age: claimed %d times, want once", n)
+	}
 	if j := e.mustJob(t, receipt); j.State != store.JobRetry || countOutcome(j, store.OutcomeNotAttempted) != 1 {
 		t.Fatalf("a minute before max_age: state %s, history %+v", j.State, j.History)
 	}
@@ -294,8 +301,9 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 			states, _ := countStates()
 			return states[store.JobSubmitted] == round && states[store.JobCalling] == 0 && states[store.JobLeased] == 0
 		}, func() string { states, _ := countStates(); return fmt.Sprintf("states %v", states) })
-		// Give a dispatcher that claimed more than the room time to show it.
-		time.Sleep(200 * time.Millisecond)
+		// The claim loop comes round again and finds no room: a claim past
+		// the room would have been made by now.
+		budgetRound(t, e)
 		if states, holdBacks := countStates(); states[store.JobSubmitted] != round || states[store.JobQueued] != 3-round || holdBacks != 0 {
 			t.Fatalf("round %d: states %v, hold-backs %d; want %d submitted, the rest queued, none held back", round, states, holdBacks, round)
 		}
@@ -335,12 +343,21 @@ func TestClaimsNoMoreThanTheRoom(t *testing.T) {
 		states, _ := count()
 		return fmt.Sprintf("states %v, budget waits %v", states, counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil))
 	})
-	// Give a dispatcher that claimed past the room time to show it.
-	time.Sleep(200 * time.Millisecond)
+	budgetRound(t, e)
 	if states, holdBacks := count(); states[store.JobSubmitted] != 3 || states[store.JobQueued] != 2 || holdBacks != 0 {
 		t.Errorf("states %v, hold-backs %d; want 3 submitted, 2 queued, none held back", states, holdBacks)
 	}
 	if n := len(scanRequests(e.sim)); n != 3 {
 		t.Errorf("scan requests = %d, want 3", n)
 	}
+}
+
+// budgetRound waits until the claim loop has found no room for a scan once
+// more after the call: every claim the room allowed was made before.
+func budgetRound(t *testing.T, e *env) {
+	t.Helper()
+	n := counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil)
+	testutil.WaitFor(t, "the claim loop to wait for the scan budget again", func() bool {
+		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) > n
+	})
 }
