@@ -74,17 +74,6 @@ func testSources() map[string]Source {
 	return out
 }
 
-// clock is a settable clock for signatures and the limiter.
-type clock struct{ ns atomic.Int64 }
-
-func newClock() *clock {
-	c := &clock{}
-	// Whole seconds, as signature timestamps are.
-	c.ns.Store(time.Now().Truncate(time.Second).UnixNano())
-	return c
-}
-func (c *clock) Now() time.Time { return time.Unix(0, c.ns.Load()) }
-
 // holder is a Rules whose ruleset a test may swap.
 type holder struct{ rs atomic.Pointer[rules.Ruleset] }
 
@@ -96,7 +85,7 @@ type env struct {
 	store store.Store
 	logs  *lockedBuffer
 	reg   *prometheus.Registry
-	clock *clock
+	clock *testutil.Clock // whole seconds, as signature timestamps are
 	rules *holder
 }
 
@@ -126,7 +115,7 @@ func openStore(t testing.TB) store.Store {
 // (unless an option replaces the store).
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
-	e := &env{t: t, logs: &lockedBuffer{}, reg: prometheus.NewRegistry(), clock: newClock(), rules: &holder{}}
+	e := &env{t: t, logs: &lockedBuffer{}, reg: prometheus.NewRegistry(), clock: testutil.NewClock(), rules: &holder{}}
 	e.rules.rs.Store(loadRules(t))
 	deps := Deps{
 		Logger:     slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -246,10 +246,10 @@ func TestSignedDeliveryRefusedByLimiterMayRetry(t *testing.T) {
 	if r := e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: first}); r.status != http.StatusAccepted {
 		t.Fatalf("first: %d %s", r.status, r.body)
 	}
-	e.clock.ns.Add(int64(100 * time.Millisecond))
+	e.clock.Advance(100 * time.Millisecond)
 	sig := sign(hmacSecret, e.clock.Now().Add(time.Second), body)
 	problemBody(t, e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: sig}), http.StatusTooManyRequests, TypeRateLimited)
-	e.clock.ns.Add(int64(time.Second))
+	e.clock.Advance(time.Second)
 	if r := e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: sig}); r.status != http.StatusAccepted {
 		t.Fatalf("retry after 429: %d %s", r.status, r.body)
 	}

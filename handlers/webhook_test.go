@@ -328,7 +328,7 @@ func TestSignatureAndReplay(t *testing.T) {
 	}
 	problemBody(t, e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: edge}), http.StatusUnauthorized, TypeUnauthorized)
 	// Once the window has passed the signature is stale, still refused.
-	e.clock.ns.Add(int64(2 * time.Minute))
+	e.clock.Advance(2 * time.Minute)
 	problemBody(t, e.post("/v1/webhooks/sentinel", body, map[string]string{SignatureHeader: sig}), http.StatusUnauthorized, TypeUnauthorized)
 }
 
@@ -377,7 +377,7 @@ func TestIngestLimiter(t *testing.T) {
 	// Unauthenticated requests are refused before the limiter: they cannot
 	// use up the budget of real senders.
 	problemBody(t, e.post("/v1/webhooks/graph", s[domain.SourceGraph], nil), http.StatusUnauthorized, TypeUnauthorized)
-	e.clock.ns.Add(int64(2 * time.Second))
+	e.clock.Advance(2 * time.Second)
 	if r := e.post("/v1/webhooks/graph", s[domain.SourceGraph], bearer("graph")); r.status != http.StatusAccepted {
 		t.Fatalf("after refill: %d %s", r.status, r.body)
 	}

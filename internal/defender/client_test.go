@@ -685,9 +685,10 @@ func TestLocalThrottle(t *testing.T) {
 	}
 	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		began := time.Now()
 		_, err := e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "throttled")
-		elapsed := time.Since(began)
+		// It did not sit out the 30s deadline: it came back with the
+		// deadline still ahead.
+		sat := ctx.Err()
 		cancel()
 		ee := wantKind(t, err, Throttled)
 		if !ee.Local || !ee.NotSent || ee.Code != LocalRateLimit || ee.Status != 0 {
@@ -703,9 +704,8 @@ func TestLocalThrottle(t *testing.T) {
 		if !errors.As(err, &le) || le.Family != ScanActions {
 			t.Errorf("call %d: %v does not wrap the limiter's LimitError", i, err)
 		}
-		// It did not sit out the 30s deadline.
-		if elapsed > 10*time.Second {
-			t.Errorf("call %d blocked %s", i, elapsed)
+		if sat != nil {
+			t.Errorf("call %d came back only when its context ended: %v", i, sat)
 		}
 	}
 	if n := len(apiRequests(e.sim)); n != 1 {

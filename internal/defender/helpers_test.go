@@ -19,6 +19,15 @@ import (
 
 type syncBuffer = testutil.SyncBuffer
 
+// fakeClock is the shared hand-moved clock (this package's tests also
+// import Prometheus's testutil, hence the alias).
+type fakeClock = testutil.Clock
+
+// epoch is where the limiter tests' clocks start.
+var epoch = time.Unix(1_700_000_000, 0)
+
+func newClockAt(t time.Time) *fakeClock { return testutil.NewClockAt(t) }
+
 // env is a simulator and a client wired to it over real TLS, with the real
 // azidentity ClientSecretCredential.
 type env struct {

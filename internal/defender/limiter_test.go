@@ -15,24 +15,11 @@ import (
 	"github.com/scanhook/scanhook/internal/domain"
 )
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Set(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = time.Unix(1_700_000_000, 0).Add(d)
-}
-
-// newWindowLimiter is a SlidingWindowLimiter on a fake clock set to 0;
+// newWindowLimiter is a SlidingWindowLimiter on a fake clock set to epoch;
 // margin as SlidingWindowOptions.Margin (0: the default, -1: none).
 func newWindowLimiter(t *testing.T, margin time.Duration, windows ...Window) (*SlidingWindowLimiter, *fakeClock) {
 	t.Helper()
-	clock := &fakeClock{}
-	clock.Set(0)
+	clock := newClockAt(epoch)
 	l, err := NewSlidingWindowLimiter(SlidingWindowOptions{Windows: windows, Margin: margin, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +38,7 @@ func (l *SlidingWindowLimiter) try(f Family) (time.Duration, bool) {
 // the reason the default limiter is not golang.org/x/time/rate.
 func TestSlidingWindowVersusTokenBucket(t *testing.T) {
 	const limit = 100
-	start := time.Unix(1_700_000_000, 0)
+	start := epoch
 
 	bucket := rate.NewLimiter(rate.Every(time.Minute/limit), limit)
 	admitted := 0
@@ -67,7 +54,7 @@ func TestSlidingWindowVersusTokenBucket(t *testing.T) {
 	l, clock := newWindowLimiter(t, 0, Window{Limit: limit, Length: time.Minute}, Window{Limit: 1500, Length: time.Hour})
 	admitted = 0
 	for ms := 0; ms < 60_000; ms += 100 {
-		clock.Set(time.Duration(ms) * time.Millisecond)
+		clock.Set(epoch.Add(time.Duration(ms) * time.Millisecond))
 		for {
 			if _, ok := l.try(ScanActions); !ok {
 				break
@@ -81,11 +68,11 @@ func TestSlidingWindowVersusTokenBucket(t *testing.T) {
 	}
 	// Only after the first calls have been out for a minute plus the 1%
 	// margin does a new one go.
-	clock.Set(time.Minute + 500*time.Millisecond)
+	clock.Set(epoch.Add(time.Minute + 500*time.Millisecond))
 	if wait, ok := l.try(ScanActions); ok || wait != 100*time.Millisecond {
 		t.Fatalf("at 60.5s: ok %v wait %s, want a 100ms wait", ok, wait)
 	}
-	clock.Set(time.Minute + 600*time.Millisecond)
+	clock.Set(epoch.Add(time.Minute + 600*time.Millisecond))
 	if _, ok := l.try(ScanActions); !ok {
 		t.Fatal("at 60.6s the oldest call has left the window")
 	}
@@ -105,17 +92,17 @@ func TestSlidingWindowCountsInFlightCalls(t *testing.T) {
 	// Both in flight: only a completion can free a slot, however long ago
 	// they were admitted, and the completion then counts for a whole
 	// window: the predicted wait is at least the window.
-	clock.Set(time.Hour)
+	clock.Set(epoch.Add(time.Hour))
 	if wait, ok := l.try(ActionReads); ok || wait != time.Second {
 		t.Fatalf("with 2 in flight: ok %v wait %s", ok, wait)
 	}
 	// One completes at 1h: it counts from its completion, not admission.
 	l.Done(ActionReads)
-	clock.Set(time.Hour + 400*time.Millisecond)
+	clock.Set(epoch.Add(time.Hour + 400*time.Millisecond))
 	if wait, ok := l.try(ActionReads); ok || wait != 600*time.Millisecond {
 		t.Fatalf("after a completion: ok %v wait %s, want 600ms", ok, wait)
 	}
-	clock.Set(time.Hour + time.Second)
+	clock.Set(epoch.Add(time.Hour + time.Second))
 	if _, ok := l.try(ActionReads); !ok {
 		t.Fatal("slot not freed a window after completion")
 	}
@@ -125,7 +112,7 @@ func TestSlidingWindowHourLimit(t *testing.T) {
 	l, clock := newWindowLimiter(t, -1, Window{Limit: 100, Length: time.Minute}, Window{Limit: 150, Length: time.Hour})
 	admitted := 0
 	for m := 0; m < 60; m++ {
-		clock.Set(time.Duration(m) * time.Minute)
+		clock.Set(epoch.Add(time.Duration(m) * time.Minute))
 		for {
 			if _, ok := l.try(ScanActions); !ok {
 				break
@@ -137,7 +124,7 @@ func TestSlidingWindowHourLimit(t *testing.T) {
 	if admitted != 150 {
 		t.Fatalf("admitted %d in an hour, want 150", admitted)
 	}
-	clock.Set(59 * time.Minute)
+	clock.Set(epoch.Add(59 * time.Minute))
 	wait, ok := l.try(ScanActions)
 	if ok || wait != time.Minute {
 		t.Fatalf("ok %v wait %s, want 1m (the first 100 leave at 60m)", ok, wait)
@@ -188,7 +175,7 @@ func TestSlidingWindowWaitPastDeadline(t *testing.T) {
 	}
 	l.Done(ScanActions)
 	l.Done(ScanActions)
-	clock.Set(20 * time.Second)
+	clock.Set(epoch.Add(20 * time.Second))
 	cases := []struct {
 		name    string
 		timeout time.Duration
@@ -213,7 +200,7 @@ func TestSlidingWindowWaitPastDeadline(t *testing.T) {
 	}
 	// The minute passes; the hour window (3) then allows one more call,
 	// and after it the wait is until the first call (done at 0) leaves it.
-	clock.Set(time.Minute)
+	clock.Set(epoch.Add(time.Minute))
 	if err := l.Wait(ctxT(t), ScanActions); err != nil {
 		t.Fatalf("Wait after the minute: %v", err)
 	}
@@ -362,7 +349,7 @@ func TestSlidingWindowRoom(t *testing.T) {
 		{"two more completed fill the hour", time.Minute, 2, 2, 0, 59 * time.Minute},
 		{"the first three leave the hour", time.Hour, 0, 0, 3, 0},
 	} {
-		clock.Set(step.at)
+		clock.Set(epoch.Add(step.at))
 		for range step.admit {
 			if err := l.Wait(ctx, ScanActions); err != nil {
 				t.Fatalf("%s: Wait: %v", step.name, err)

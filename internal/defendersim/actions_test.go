@@ -117,9 +117,7 @@ func TestActionLifecycle(t *testing.T) {
 		{time.Hour, StatusSucceeded, 7 * time.Second},
 	}
 	for _, s := range steps {
-		clk.mu.Lock()
-		clk.t = created.Add(s.at)
-		clk.mu.Unlock()
+		clk.Set(created.Add(s.at))
 		st, body := p.api("GET", "/api/machineactions/"+a.ID, "")
 		got := decodeAction(t, body)
 		if st != 200 || got.Status != s.status || got.LastUpdateDateTimeUTC != formatTime(created.Add(s.updated)) {

@@ -8,31 +8,15 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
-// fakeClock is a settable clock for lifecycle, expiry and rate-limit tests.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newClock is a hand-moved clock for lifecycle, expiry and rate-limit tests.
+func newClock() *testutil.Clock {
+	return testutil.NewClockAt(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
 
 // plainSim serves the simulator's handler over plain HTTP (httptest) and

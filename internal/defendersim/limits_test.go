@@ -9,9 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 func TestSlidingWindowFakeClock(t *testing.T) {
@@ -99,19 +100,6 @@ func maxInWindow(ts []time.Time, w time.Duration) int {
 	return best
 }
 
-// tickClock advances a millisecond on every reading: time in the test is
-// virtual and moves with the traffic, so the sliding windows are exercised
-// however loaded the machine is, and every limiter decision has its own
-// instant.
-type tickClock struct {
-	start time.Time
-	n     atomic.Int64
-}
-
-func (c *tickClock) Now() time.Time {
-	return c.start.Add(time.Duration(c.n.Add(1)) * time.Millisecond)
-}
-
 // TestConcurrentClientsNeverExceedWindows runs 500 concurrent clients over
 // real TLS and checks, from the request log alone, that no sliding window
 // ever held more accepted calls than the limit, that the limiter's own
@@ -120,7 +108,11 @@ func (c *tickClock) Now() time.Time {
 func TestConcurrentClientsNeverExceedWindows(t *testing.T) {
 	const perMin, perHour = 10, 30
 	minute, hour := 200*time.Millisecond, time.Second
-	clk := &tickClock{start: time.Now()}
+	// The clock advances a millisecond on every reading: time in the test
+	// is virtual and moves with the traffic, so the sliding windows are
+	// exercised however loaded the machine is, and every limiter decision
+	// has its own instant.
+	clk := testutil.NewTickingClock(time.Now(), time.Millisecond)
 	s := startTest(t, Options{PendingFor: time.Hour, MaxRecordedRequests: 1 << 20, Now: clk.Now,
 		RateLimit: RateLimit{PerMinute: perMin, PerHour: perHour, Minute: minute, Hour: hour}})
 	tok := tokenFor(t, s)

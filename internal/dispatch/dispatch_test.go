@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,25 +16,28 @@ import (
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 func TestSubmitAndFollowToSucceeded(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	m := machine(t, e.sim, 0)
 	receipt, jobID := e.queue(t, alert.Device{ID: m.ID}, domain.ScanFull)
+	cs := e.counting()
 	d := e.dispatcher(t, Options{})
 	stop := start(t, d)
 
 	e.waitJob(t, receipt, domain.JobSubmitted)
 	// Followed until final by the poller.
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "the action to be Succeeded", func() bool {
 		_, acts := e.job(t, receipt)
 		return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
-	}, func() string { _, a := e.job(t, receipt); return "action not Succeeded: " + actionStatuses(a) })
+	}, func() string { _, a := e.job(t, receipt); return "actions " + actionStatuses(a) })
 	reqs := scanRequests(e.sim)
-	// A final action is polled no more.
+	// A final action is polled no more: a whole poll after the one that
+	// saw it final asks Defender nothing.
 	e.sim.ResetRequests()
-	time.Sleep(100 * time.Millisecond) // 5 poll intervals
+	cs.pollRound(t)
 	if n := len(apiRequests(e.sim, http.MethodGet, "/api/machineactions")); n != 0 {
 		t.Errorf("%d action polls after the action was final, want 0", n)
 	}
@@ -115,10 +119,10 @@ func TestResolveByDNSName(t *testing.T) {
 
 			// A second job for the same name, once the first is done, is
 			// resolved from the cache.
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, "the first action to be final", func() bool {
 				_, acts := e.job(t, receipt)
 				return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
-			}, func() string { return "first action not final" })
+			})
 			receipt2, _ := e.queue(t, alert.Device{DNSName: name}, domain.ScanQuick)
 			d.Kick()
 			j2 := e.waitJob(t, receipt2, domain.JobSubmitted)
@@ -208,7 +212,9 @@ func TestAlreadyScanning(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
-			e := newEnv(t, envOpts{sim: defendersim.Options{DuplicateScan: tc.mode, PendingFor: time.Hour}})
+			clock := newFakeClock()
+			e := newEnv(t, envOpts{clock: clock, sim: defendersim.Options{DuplicateScan: tc.mode, PendingFor: time.Hour}})
+			cs := e.counting()
 			m := machine(t, e.sim, 1)
 			// Someone else's scan is pending on the machine.
 			other, err := e.client.RunAntiVirusScan(context.Background(), m.ID, domain.ScanQuick, "scan by the SOC")
@@ -224,7 +230,12 @@ func TestAlreadyScanning(t *testing.T) {
 			if tc.wantAction != (j.ActionID == other.ID) {
 				t.Errorf("job action id = %q, pending action %s (want recorded: %v)", j.ActionID, other.ID, tc.wantAction)
 			}
-			time.Sleep(100 * time.Millisecond) // room for a wrong retry
+			// No retry: past any backoff, a whole claim hands out nothing.
+			clock.Advance(time.Minute)
+			cs.claimRound(t)
+			if n := cs.claimed.Load(); n != 1 {
+				t.Errorf("the job was claimed %d times, want once (no retry)", n)
+			}
 			if n := len(scanRequests(e.sim)); n != 2 {
 				t.Errorf("scan requests = %d, want 2 (the SOC's and ours, no retry)", n)
 			}
@@ -249,24 +260,48 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOpts{sim: defendersim.Options{Seed: 7}})
+			clock := newFakeClock()
+			e := newEnv(t, envOpts{clock: clock, sim: defendersim.Options{Seed: 7}})
 			m := machine(t, e.sim, 2)
 			e.sim.SetFaults(tc.faults)
-			cs := &countingStore{}
-			e.wrap = func(s Store) Store { cs.Store = s; return cs }
+			cs := e.counting()
 			receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 			base, maxDelay := 20*time.Millisecond, 80*time.Millisecond
 			start(t, e.dispatcher(t, Options{BackoffBase: base, BackoffMax: maxDelay, MaxAttempts: 50}))
 
-			waitFor(t, 10*time.Second, func() bool {
-				j, _ := e.job(t, receipt)
-				return j.Attempts >= 4
-			}, func() string { return "fewer than 4 attempts" })
-			e.sim.SetFaults(defendersim.Faults{})
+			// With Rand fixed at 0.5 the delay after attempt n is
+			// 0.75·min(base·2^(n-1), max): the gaps grow exponentially up
+			// to the cap. The clock moves only when the test moves it:
+			// a microsecond before its delay has passed, a whole claim
+			// does not hand the job out; at the delay, it does.
+			const failures = 4
+			for n := 1; n <= failures; n++ {
+				var j store.JobDetail
+				testutil.WaitForState(t, fmt.Sprintf("retry %d recorded", n), func() bool {
+					j, _ = e.job(t, receipt)
+					// Receipt reads the job and its history apart: wait for both.
+					return j.State == domain.JobRetry && j.Attempts == n && len(j.History) == n
+				}, func() string {
+					return fmt.Sprintf("job %s, attempt %d, %d outcomes: %s", j.State, j.Attempts, len(j.History), j.LastError)
+				})
+				if n == failures {
+					e.sim.SetFaults(defendersim.Faults{})
+				}
+				want := min(base<<(n-1), maxDelay) * 3 / 4
+				clock.Advance(want - time.Microsecond)
+				cs.claimRound(t)
+				if got := cs.claimed.Load(); got != int64(n) {
+					t.Fatalf("attempt %d was claimed before its %s delay after attempt %d had passed", n+1, want, n)
+				}
+				clock.Advance(time.Microsecond)
+			}
 			j := e.waitJob(t, receipt, domain.JobSubmitted)
 
 			if n := len(simActionsOn(e.sim, m.ID)); n != 1 {
 				t.Fatalf("sim actions = %d, want exactly 1", n)
+			}
+			if j.Attempts != failures+1 || cs.claimed.Load() != failures+1 {
+				t.Errorf("attempts = %d, claims of the job = %d, want %d", j.Attempts, cs.claimed.Load(), failures+1)
 			}
 			retries := 0
 			for _, h := range j.History {
@@ -277,24 +312,8 @@ func TestTransientFailuresRetryWithBackoffThenSucceed(t *testing.T) {
 					}
 				}
 			}
-			if retries < 3 {
-				t.Fatalf("retries recorded = %d, want >= 3: %+v", retries, j.History)
-			}
-			// With Rand fixed at 0.5 the delay after attempt n is
-			// 0.75·min(base·2^(n-1), max): the gaps grow exponentially.
-			// Measured from claim to claim: an attempt is claimed only
-			// once due, and decides its retry after its own claim. The
-			// outcomes' recorded times, used before, carry the writer's
-			// commit delay, which made a gap look short under load.
-			at := cs.claimTimes()
-			if len(at) != len(j.History) {
-				t.Fatalf("claims = %d, attempts recorded = %d", len(at), len(j.History))
-			}
-			for n := 1; n < len(at); n++ {
-				want := min(base<<(n-1), maxDelay) * 3 / 4
-				if gap := at[n].Sub(at[n-1]); gap < want {
-					t.Errorf("attempt %d came %s after attempt %d, want >= %s", n+1, gap, n, want)
-				}
+			if retries != failures {
+				t.Fatalf("retries recorded = %d, want %d: %+v", retries, failures, j.History)
 			}
 		})
 	}
@@ -309,6 +328,7 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, domain.ScanQuick)
+	cs := e.counting()
 	start(t, e.dispatcher(t, Options{BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}))
 
 	j := e.waitJob(t, receipt, domain.JobRetry)
@@ -319,15 +339,24 @@ func TestThrottledHonoursRetryAfter(t *testing.T) {
 	if len(throttled) != 2 || throttled[1].Status != http.StatusTooManyRequests {
 		t.Fatalf("scan requests %d, want the budget call and one 429", len(throttled))
 	}
-	// The backoff alone (ms) would retry at once; Retry-After (60s) holds it.
-	time.Sleep(200 * time.Millisecond)
-	if n := len(scanRequests(e.sim)); n != 2 {
-		t.Fatalf("scan requests = %d before Retry-After passed, want 2", n)
-	}
-	clock.Advance(59 * time.Second)
-	time.Sleep(150 * time.Millisecond)
-	if n := len(scanRequests(e.sim)); n != 2 {
-		t.Fatalf("scan requests = %d a second before Retry-After ends, want 2", n)
+	// The backoff alone (ms) would retry at once; Retry-After (60s) holds
+	// it: a whole claim, at once and a second before the minute ends,
+	// hands the job out no more.
+	for _, step := range []struct {
+		advance time.Duration
+		when    string
+	}{
+		{0, "at once"},
+		{59 * time.Second, "a second before Retry-After ends"},
+	} {
+		clock.Advance(step.advance)
+		cs.claimRound(t)
+		if n := cs.claimed.Load(); n != 1 {
+			t.Fatalf("%s: the job was claimed %d times, want once", step.when, n)
+		}
+		if n := len(scanRequests(e.sim)); n != 2 {
+			t.Fatalf("%s: scan requests = %d, want 2", step.when, n)
+		}
 	}
 	clock.Advance(2 * time.Second)
 	j = e.waitJob(t, receipt, domain.JobSubmitted)
@@ -452,9 +481,9 @@ func TestCrashRecovery(t *testing.T) {
 				t.Errorf("scan requests = %d, want %d", n, wantCalls)
 			}
 			// The outcome is counted just after it is recorded.
-			waitFor(t, 5*time.Second, func() bool {
+			testutil.WaitFor(t, "scanhook_jobs_total{outcome="+tc.wantOutcome+"} to reach 1", func() bool {
 				return counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": tc.wantOutcome}) == 1
-			}, func() string { return "scanhook_jobs_total{outcome=" + tc.wantOutcome + "} never reached 1" })
+			})
 			lists := apiRequests(e.sim, http.MethodGet, "/api/machineactions")
 			if len(lists) == 0 || !strings.Contains(lists[0].RawQuery, "machineId") || !strings.Contains(lists[0].RawQuery, "RunAntiVirusScan") {
 				t.Errorf("no adoption look-up by machine and type: %+v", lists)
@@ -471,7 +500,9 @@ func TestGracefulStop(t *testing.T) {
 		wantSubmitted bool
 	}{
 		{"attempts finish within the grace", 300 * time.Millisecond, 10 * time.Second, true},
-		{"attempts cut after the grace are released", 10 * time.Second, 50 * time.Millisecond, false},
+		// The calls would outlast the client's 5s timeout: only the cut
+		// can end them as abandoned rather than as timed out.
+		{"attempts cut after the grace are released", time.Hour, 50 * time.Millisecond, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -484,16 +515,27 @@ func TestGracefulStop(t *testing.T) {
 			e.sim.SetFaults(defendersim.Faults{Latency: tc.latency})
 			d := e.dispatcher(t, Options{Workers: 2, ShutdownGrace: tc.grace})
 			stop := start(t, d)
-			waitFor(t, 10*time.Second, func() bool {
+			testutil.WaitFor(t, "both jobs to be calling", func() bool {
 				st, err := e.st.Stats(context.Background())
 				return err == nil && st.JobsByState[domain.JobCalling] == 2
-			}, func() string { return "jobs not calling" })
-			began := time.Now()
+			})
+			// stop fails if Run does not return (20s): a stop that
+			// ignored the grace would sit out the calls.
 			if err := stop(); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
-			if took := time.Since(began); took > tc.grace+5*time.Second {
-				t.Errorf("stop took %s", took)
+			// Whether the grace ran out is in the log, not in how long
+			// the stop took.
+			const cut = "dispatcher stop: cancelling attempts still in flight"
+			if got := strings.Contains(e.logs.String(), cut); got == tc.wantSubmitted {
+				t.Errorf("log says %q: %v, want %v", cut, got, !tc.wantSubmitted)
+			}
+			wantAbandoned := 2.0
+			if tc.wantSubmitted {
+				wantAbandoned = 0
+			}
+			if n := counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": "abandoned"}); n != wantAbandoned {
+				t.Errorf("abandoned attempts counted = %v, want %v", n, wantAbandoned)
 			}
 			st, err := e.st.Stats(context.Background())
 			if err != nil {
@@ -559,7 +601,14 @@ func TestPollingBatchesManyActions(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(250 * time.Millisecond) // Pending → InProgress at the sim
+	testutil.WaitFor(t, "every action InProgress at the simulator", func() bool {
+		for _, a := range e.sim.Actions() {
+			if a.Status != defendersim.StatusInProgress {
+				return false
+			}
+		}
+		return true
+	})
 	e.sim.ResetRequests()
 
 	reported, err := d.pollOnce(ctx)
@@ -595,14 +644,23 @@ func TestDryRunNeverCallsDefender(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
 	receipt2, _ := e.queue(t, alert.Device{DNSName: "ws-002.contoso.com"}, domain.ScanQuick)
-	start(t, e.dispatcher(t, Options{DryRun: true, PollInterval: 10 * time.Millisecond}))
+	cs := e.counting()
+	stop := start(t, e.dispatcher(t, Options{DryRun: true, PollInterval: 10 * time.Millisecond}))
 	for _, r := range []string{receipt, receipt2} {
 		j := e.waitJob(t, r, domain.JobDead)
 		if !strings.Contains(j.LastError, "dry run") {
 			t.Errorf("last error %q, want dry run", j.LastError)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	// Once Run has returned, the dispatcher has made every call it will.
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// No poller either (it ticks every 10ms, so one would most likely
+	// have read the open actions by now).
+	if n := cs.openActions.Load(); n != 0 {
+		t.Errorf("open actions read %d times in dry run: the poller ran", n)
+	}
 	if n := len(apiRequests(e.sim, http.MethodGet, "/api/")) + len(apiRequests(e.sim, http.MethodPost, "/api/")); n != 0 {
 		t.Errorf("Defender API requests = %d in dry run, want 0", n)
 	}
@@ -610,13 +668,13 @@ func TestDryRunNeverCallsDefender(t *testing.T) {
 
 func TestKickDispatchesAtOnce(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	cs := &countingStore{}
-	e.wrap = func(s Store) Store { cs.Store = s; return cs }
+	cs := e.counting()
 	// With an hour between idle claims, only a kick can dispatch the job.
 	d := e.dispatcher(t, Options{ClaimInterval: time.Hour})
 	start(t, d)
-	waitFor(t, 5*time.Second, func() bool { return cs.claims.Load() >= 1 }, func() string { return "no first claim" })
-	time.Sleep(20 * time.Millisecond) // the first claim has returned and the loop waits
+	// The first claim has ended, so it cannot have seen the job: a kick
+	// from now on is either taken by the loop's wait or left for it.
+	testutil.WaitFor(t, "the first claim", func() bool { return cs.claims.Load() >= 1 })
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
 	d.Kick()
 	d.Kick() // never blocks
@@ -635,10 +693,10 @@ func TestQueueGauges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { d.statsLoop(ctx); close(done) }()
-	waitFor(t, 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the queue gauges to show 3 queued jobs", func() bool {
 		return counter(t, e.reg, "scanhook_jobs_due", nil) == 3 &&
 			counter(t, e.reg, "scanhook_jobs", map[string]string{"state": "queued"}) == 3
-	}, func() string { return "gauges not refreshed" })
+	})
 	cancel()
 	<-done
 	if got := counter(t, e.reg, "scanhook_jobs", map[string]string{"state": "dead"}); got != 0 {
@@ -758,18 +816,18 @@ func TestLeaseLostIsDropped(t *testing.T) {
 	// One worker, busy with the job: our own claim loop cannot take the
 	// expired lease back before the thief does.
 	start(t, e.dispatcher(t, Options{Lease: time.Minute, Workers: 1}))
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the job to be calling", func() bool {
 		j, _ := e.job(t, receipt)
 		return j.State == domain.JobCalling
-	}, func() string { return "job not calling" })
+	})
 	clock.Advance(2 * time.Minute)
 	jobs, err := e.st.ClaimJobs(context.Background(), "thief", 10, time.Hour)
 	if err != nil || len(jobs) != 1 || !jobs[0].Calling {
 		t.Fatalf("thief claimed %+v, %v", jobs, err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the lease loss to be counted", func() bool {
 		return counter(t, e.reg, "scanhook_jobs_total", map[string]string{"outcome": "lease_lost"}) == 1
-	}, func() string { return "lease loss not counted" })
+	})
 	j, _ := e.job(t, receipt)
 	if j.State != domain.JobLeased {
 		t.Errorf("job state %s, want still leased by the thief", j.State)
@@ -825,8 +883,10 @@ func TestTwoDispatchersShareTheQueue(t *testing.T) {
 // TestBreakerOpenWaitsForIt: once the client's breaker is open, the job
 // waits for the breaker's remaining open time instead of its short backoff.
 func TestBreakerOpenWaitsForIt(t *testing.T) {
+	clock := newFakeClock()
 	e := newEnv(t, envOpts{
-		sim: defendersim.Options{Seed: 5},
+		clock: clock,
+		sim:   defendersim.Options{Seed: 5},
 		client: func(_ *defender.Config, d *defender.Deps) {
 			d.BreakerFailures = 1
 			d.BreakerOpenFor = time.Hour
@@ -834,18 +894,28 @@ func TestBreakerOpenWaitsForIt(t *testing.T) {
 	})
 	e.sim.SetFaults(defendersim.Faults{ErrorRate: 1})
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 0).ID}, domain.ScanQuick)
+	cs := e.counting()
 	start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
 	var j store.JobDetail
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "a retry for the circuit breaker", func() bool {
 		j, _ = e.job(t, receipt)
+		if j.State == domain.JobRetry && !strings.Contains(j.LastError, "circuit breaker") {
+			// A retry for the 5xx itself: past its short backoff.
+			clock.Advance(time.Second)
+		}
 		return j.State == domain.JobRetry && strings.Contains(j.LastError, "circuit breaker")
-	}, func() string { return "no breaker error recorded: " + j.LastError })
-	attempts := j.Attempts
+	}, func() string { return "job " + j.State + ": " + j.LastError })
+	attempts, claimed := j.Attempts, cs.claimed.Load()
 	// Scan (500 or 503, trips the scan breaker); after a 500, which may
 	// hide a created action, the adoption look-up (5xx, trips the read
 	// breaker); after a 503, which proves nothing was created, none. Then
-	// nothing reaches Defender for the hour.
-	time.Sleep(200 * time.Millisecond)
+	// nothing reaches Defender for the hour: a minute on, far past the
+	// short backoff, a whole claim does not hand the job out.
+	clock.Advance(time.Minute)
+	cs.claimRound(t)
+	if n := cs.claimed.Load(); n != claimed {
+		t.Errorf("the job was claimed again %d times while the breaker was open", n-claimed)
+	}
 	scans := scanRequests(e.sim)
 	if len(scans) != 1 {
 		t.Fatalf("scan requests = %d, want 1", len(scans))

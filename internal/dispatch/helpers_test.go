@@ -222,7 +222,7 @@ func (e *env) job(t testing.TB, receipt string) (store.JobDetail, []store.Action
 func (e *env) waitJob(t testing.TB, receipt string, states ...string) store.JobDetail {
 	t.Helper()
 	var j store.JobDetail
-	waitFor(t, 15*time.Second, func() bool {
+	testutil.WaitForState(t, fmt.Sprintf("the job of receipt %s in state %v", receipt, states), func() bool {
 		j, _ = e.job(t, receipt)
 		for _, s := range states {
 			if j.State == s {
@@ -231,20 +231,9 @@ func (e *env) waitJob(t testing.TB, receipt string, states ...string) store.JobD
 		}
 		return false
 	}, func() string {
-		return fmt.Sprintf("job %d in state %s (last error %q), want %v", j.ID, j.State, j.LastError, states)
+		return fmt.Sprintf("job %d in state %s (last error %q)", j.ID, j.State, j.LastError)
 	})
 	return j
-}
-
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool, msg func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s: %s", timeout, msg())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // scanRequests are the runAntiVirusScan requests the simulator received
@@ -327,33 +316,49 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	return n == len(want)
 }
 
-// countingStore counts the dispatcher's claims.
+// countingStore counts the dispatcher's claims, the jobs they handed out
+// and its reads of open actions (one per poll), so that a test can wait
+// for the dispatcher's next loop instead of for time to pass.
 type countingStore struct {
 	Store
-	claims atomic.Int64
+	claims      atomic.Int64 // ClaimJobs calls ended
+	claimed     atomic.Int64 // jobs handed out by them
+	openActions atomic.Int64 // OpenActions calls ended
+}
 
-	mu sync.Mutex
-	// claimed holds when each job was handed out, once per claim: an
-	// attempt starts then, after the claim's query found it due.
-	claimed []time.Time
+// counting wraps the env's store for the dispatchers made after it.
+func (e *env) counting() *countingStore {
+	cs := &countingStore{}
+	e.wrap = func(s Store) Store { cs.Store = s; return cs }
+	return cs
 }
 
 func (c *countingStore) ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Job, error) {
 	defer c.claims.Add(1)
 	jobs, err := c.Store.ClaimJobs(ctx, owner, limit, lease)
-	if len(jobs) > 0 {
-		now := time.Now()
-		c.mu.Lock()
-		for range jobs {
-			c.claimed = append(c.claimed, now)
-		}
-		c.mu.Unlock()
-	}
+	c.claimed.Add(int64(len(jobs)))
 	return jobs, err
 }
 
-func (c *countingStore) claimTimes() []time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Time(nil), c.claimed...)
+func (c *countingStore) OpenActions(ctx context.Context, limit int) ([]store.Action, error) {
+	defer c.openActions.Add(1)
+	return c.Store.OpenActions(ctx, limit)
+}
+
+// claimRound waits for a whole claim to begin and end after the call: the
+// second of two more claims to end began after the first ended. Whatever
+// was due when claimRound was called, that claim saw; what it did not hand
+// out was not due. (The dispatcher claims every ClaimInterval while idle.)
+func (c *countingStore) claimRound(t testing.TB) {
+	t.Helper()
+	n := c.claims.Load()
+	testutil.WaitFor(t, "two more claims", func() bool { return c.claims.Load() >= n+2 })
+}
+
+// pollRound is claimRound for the poll loop: a whole poll (OpenActions
+// and whatever it asks Defender) ran after the call.
+func (c *countingStore) pollRound(t testing.TB) {
+	t.Helper()
+	n := c.openActions.Load()
+	testutil.WaitFor(t, "two more polls", func() bool { return c.openActions.Load() >= n+2 })
 }

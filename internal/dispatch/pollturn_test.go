@@ -11,6 +11,7 @@ import (
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // TestPollTurnGatesPolling checks that with several replicas only the one
@@ -47,16 +48,16 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	}
 	polls := func() int { return len(apiRequests(e.sim, http.MethodGet, "/api/machineactions")) }
 
-	time.Sleep(200 * time.Millisecond)
+	// Two ticks refused the turn: the first tick's poll, had it polled
+	// anyway, ended before the second asked.
+	n := asked.Load()
+	testutil.WaitFor(t, "the dispatcher to ask for the turn twice", func() bool { return asked.Load() >= n+2 })
 	if n := polls(); n != 0 {
 		t.Fatalf("%d polls without the turn, want 0", n)
 	}
-	if asked.Load() == 0 {
-		t.Fatal("the dispatcher never asked for the turn")
-	}
 
 	allowed.Store(true)
-	waitUntil(t, "a poll once the turn is granted", func() bool { return polls() > 0 })
+	testutil.WaitFor(t, "a poll once the turn is granted", func() bool { return polls() > 0 })
 
 	// The turn is lost (the replica's database session died): the
 	// dispatcher must release it and ask again before polling on.
@@ -64,7 +65,7 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	mu.Lock()
 	close(lost)
 	mu.Unlock()
-	waitUntil(t, "the lost turn to be released and asked for again", func() bool {
+	testutil.WaitFor(t, "the lost turn to be released and asked for again", func() bool {
 		return released.Load() == 1 && asked.Load() > askedBefore
 	})
 
@@ -73,16 +74,5 @@ func TestPollTurnGatesPolling(t *testing.T) {
 	}
 	if released.Load() != 2 {
 		t.Errorf("released %d turns, want 2 (the lost one and the one held at stop)", released.Load())
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

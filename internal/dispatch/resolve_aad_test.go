@@ -7,12 +7,12 @@ import (
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // lookups are the machine lookups the simulator received, in order, as
@@ -213,10 +213,10 @@ func TestResolveByAADAndComputerName(t *testing.T) {
 				}
 				// The action final, the next alert about the device is
 				// scanned without asking Defender where it is.
-				waitFor(t, 10*time.Second, func() bool {
+				testutil.WaitFor(t, "the first action to be final", func() bool {
 					_, acts := e.job(t, receipt)
 					return len(acts) == 1 && acts[0].Status == domain.ActionSucceeded
-				}, func() string { return "first action not final" })
+				})
 			} else {
 				if len(scans) != 0 {
 					t.Errorf("%d scans of a device Defender does not know", len(scans))

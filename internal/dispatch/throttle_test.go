@@ -14,6 +14,7 @@ import (
 	"github.com/scanhook/scanhook/internal/defendersim"
 	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/store"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // adoptLookups are the crash-adoption look-ups the simulator received: a
@@ -55,6 +56,7 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 		t.Fatalf("RunAntiVirusScan: %v", err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: b.ID}, domain.ScanQuick)
+	cs := e.counting()
 	const maxAttempts = 2
 	// Lease/2 = 1s bounds each attempt: far less than the window's wait.
 	// NoBudgetWait: claim regardless, as when another replica took the
@@ -64,24 +66,23 @@ func TestLocalThrottleNeverKillsJobs(t *testing.T) {
 	const holds = maxAttempts + 2
 	for i := 1; i <= holds; i++ {
 		var j store.JobDetail
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitForState(t, "hold-back "+itoa(i)+" to be recorded", func() bool {
 			j, _ = e.job(t, receipt)
 			// Receipt reads the job and its history apart: wait for both.
 			return countOutcome(j, store.OutcomeNotAttempted) == i && j.State != domain.JobCalling && j.State != domain.JobLeased
-		}, func() string {
-			return "hold-back " + itoa(i) + " not recorded; job " + j.State + ": " + j.LastError
-		})
+		}, func() string { return "job " + j.State + ": " + j.LastError })
 		if j.State != domain.JobRetry || j.Attempts != 0 {
 			t.Fatalf("after hold-back %d: state %s, attempts %d, want retry with no attempt counted", i, j.State, j.Attempts)
 		}
 		if !strings.Contains(j.LastError, "local rate limit") {
 			t.Errorf("last error %q does not name the local rate limit", j.LastError)
 		}
-		// Not before the limiter expects room: a minute early, nothing.
+		// Not before the limiter expects room: a minute early, a whole
+		// claim does not hand the job out.
 		clock.Advance(4 * time.Minute)
-		time.Sleep(100 * time.Millisecond)
-		if n := countOutcome(e.mustJob(t, receipt), store.OutcomeNotAttempted); n != i {
-			t.Fatalf("retried %d times before the predicted wait ended", n-i)
+		cs.claimRound(t)
+		if n := cs.claimed.Load(); n != int64(i) {
+			t.Fatalf("claimed %d times before the predicted wait ended", n-int64(i))
 		}
 		if i < holds {
 			clock.Advance(2 * time.Minute)
@@ -126,11 +127,16 @@ func TestLocalThrottleMaxAge(t *testing.T) {
 		t.Fatal(err)
 	}
 	receipt, _ := e.queue(t, alert.Device{ID: machine(t, e.sim, 1).ID}, domain.ScanQuick)
+	cs := e.counting()
 	start(t, e.dispatcher(t, Options{MaxAge: 30 * time.Minute, Lease: 2 * time.Second, NoBudgetWait: true}))
 	e.waitJob(t, receipt, domain.JobRetry)
-	// The hour's wait runs past max_age: the job is not given up at once.
+	// The hour's wait runs past max_age: the job is not given up at once,
+	// nor tried again a minute before max_age.
 	clock.Advance(29 * time.Minute)
-	time.Sleep(100 * time.Millisecond)
+	cs.claimRound(t)
+	if n := cs.claimed.Load(); n != 1 {
+		t.Fatalf("a minute before max_age: claimed %d times, want once", n)
+	}
 	if j := e.mustJob(t, receipt); j.State != domain.JobRetry || countOutcome(j, store.OutcomeNotAttempted) != 1 {
 		t.Fatalf("a minute before max_age: state %s, history %+v", j.State, j.History)
 	}
@@ -178,9 +184,9 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		e.sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
 		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitFor(t, "2 scan calls", func() bool {
 			return len(scanRequests(e.sim)) >= 2
-		}, func() string { return "fewer than 2 scan calls" })
+		})
 		e.sim.SetFaults(defendersim.Faults{})
 		e.waitJob(t, receipt, domain.JobSubmitted)
 		scans := scanRequests(e.sim)
@@ -282,9 +288,9 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 
 	countStates := func() (map[string]int, int) { return e.jobStates(t, receipts) }
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the dispatcher to wait for the scan budget twice", func() bool {
 		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 2
-	}, func() string { return "the dispatcher never waited for the scan budget" })
+	})
 	if states, holdBacks := countStates(); states[domain.JobQueued] != 3 || holdBacks != 0 {
 		t.Fatalf("with the budget spent: states %v, hold-backs %d; want 3 queued, none held back", states, holdBacks)
 	}
@@ -292,12 +298,13 @@ func TestDueJobsWaitForScanBudget(t *testing.T) {
 	for round := 1; round <= 3; round++ {
 		// One call's worth of room: one more job goes, the others wait.
 		limClock.Advance(window + time.Second)
-		waitFor(t, 10*time.Second, func() bool {
+		testutil.WaitForState(t, fmt.Sprintf("round %d: %d jobs submitted, none held", round, round), func() bool {
 			states, _ := countStates()
 			return states[domain.JobSubmitted] == round && states[domain.JobCalling] == 0 && states[domain.JobLeased] == 0
-		}, func() string { states, _ := countStates(); return fmt.Sprintf("round %d: states %v", round, states) })
-		// Give a dispatcher that claimed more than the room time to show it.
-		time.Sleep(200 * time.Millisecond)
+		}, func() string { states, _ := countStates(); return fmt.Sprintf("states %v", states) })
+		// The claim loop comes round again and finds no room: a claim past
+		// the room would have been made by now.
+		budgetRound(t, e)
 		if states, holdBacks := countStates(); states[domain.JobSubmitted] != round || states[domain.JobQueued] != 3-round || holdBacks != 0 {
 			t.Fatalf("round %d: states %v, hold-backs %d; want %d submitted, the rest queued, none held back", round, states, holdBacks, round)
 		}
@@ -329,19 +336,29 @@ func TestClaimsNoMoreThanTheRoom(t *testing.T) {
 	}
 	start(t, e.dispatcher(t, Options{Workers: 4}))
 	count := func() (map[string]int, int) { return e.jobStates(t, receipts) }
-	waitFor(t, 10*time.Second, func() bool {
+	testutil.WaitForState(t, "3 jobs submitted, none held, and a wait for the budget", func() bool {
 		states, _ := count()
-		return states[domain.JobSubmitted] == 3 && counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
+		return states[domain.JobSubmitted] == 3 && states[domain.JobCalling] == 0 && states[domain.JobLeased] == 0 &&
+			counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) >= 1
 	}, func() string {
 		states, _ := count()
-		return fmt.Sprintf("states %v, or no wait for the budget", states)
+		return fmt.Sprintf("states %v, budget waits %v", states, counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil))
 	})
-	// Give a dispatcher that claimed past the room time to show it.
-	time.Sleep(200 * time.Millisecond)
+	budgetRound(t, e)
 	if states, holdBacks := count(); states[domain.JobSubmitted] != 3 || states[domain.JobQueued] != 2 || holdBacks != 0 {
 		t.Errorf("states %v, hold-backs %d; want 3 submitted, 2 queued, none held back", states, holdBacks)
 	}
 	if n := len(scanRequests(e.sim)); n != 3 {
 		t.Errorf("scan requests = %d, want 3", n)
 	}
+}
+
+// budgetRound waits until the claim loop has found no room for a scan once
+// more after the call: every claim the room allowed was made before.
+func budgetRound(t *testing.T, e *env) {
+	t.Helper()
+	n := counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil)
+	testutil.WaitFor(t, "the claim loop to wait for the scan budget again", func() bool {
+		return counter(t, e.reg, "scanhook_dispatch_budget_waits_total", nil) > n
+	})
 }

@@ -11,8 +11,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/scanhook/scanhook/internal/testutil"
 	"github.com/scanhook/scanhook/rules"
 )
 
@@ -66,7 +67,7 @@ func TestReloadKeepsOldRulesOnError(t *testing.T) {
 	if got := ruleNames(h.Current()); got != 1 {
 		t.Fatalf("old rules lost: %d rules in force", got)
 	}
-	if v := testutil.ToFloat64(h.ok); v != 0 {
+	if v := promtest.ToFloat64(h.ok); v != 0 {
 		t.Errorf("last_reload_successful = %v after a failure", v)
 	}
 	if !strings.Contains(logs.String(), "keeping the rules in force") {
@@ -81,10 +82,10 @@ func TestReloadKeepsOldRulesOnError(t *testing.T) {
 	if got := ruleNames(h.Current()); got != 2 {
 		t.Fatalf("new rules not in force: %d", got)
 	}
-	if v := testutil.ToFloat64(h.ok); v != 1 {
+	if v := promtest.ToFloat64(h.ok); v != 1 {
 		t.Errorf("last_reload_successful = %v after success", v)
 	}
-	if v := testutil.ToFloat64(h.reloads.WithLabelValues("failure")); v != 1 {
+	if v := promtest.ToFloat64(h.reloads.WithLabelValues("failure")); v != 1 {
 		t.Errorf("failures counted %v, want 1", v)
 	}
 }
@@ -128,7 +129,7 @@ func TestWatchConfigMapSwap(t *testing.T) {
 	must(t, os.Symlink(filepath.Base(v2), filepath.Join(dir, "..data_tmp")))
 	must(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
 
-	waitFor(t, func() bool { return ruleNames(h.Current()) == 2 })
+	testutil.WaitFor(t, "the rules of the new ..data target to be loaded", func() bool { return ruleNames(h.Current()) == 2 })
 }
 
 func TestWatchSIGHUP(t *testing.T) {
@@ -145,7 +146,7 @@ func TestWatchSIGHUP(t *testing.T) {
 	go h.Watch(ctx, time.Hour, hup)
 	write(t, path, rulesV2)
 	hup <- os.Interrupt
-	waitFor(t, func() bool { return ruleNames(h.Current()) == 2 })
+	testutil.WaitFor(t, "the rules to be reloaded on the signal", func() bool { return ruleNames(h.Current()) == 2 })
 }
 
 func write(t *testing.T, path, content string) {
@@ -157,16 +158,5 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

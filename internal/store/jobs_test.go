@@ -17,6 +17,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 func TestLeaseExpiryAndFencing(t *testing.T) {
@@ -551,63 +552,104 @@ func TestWriterSurvivesABrokenTransaction(t *testing.T) {
 }
 
 // TestCommitGap: once groups have more than one call, calls that come
-// within the gap after a group began wait and commit together; a call after
-// a quiet spell, and the calls of a lone sender, do not wait.
+// within the gap after a group began wait and commit together; the calls
+// of a lone sender do not wait. The gap is an hour, so that a wait cannot
+// pass unnoticed and nothing depends on how fast the machine is: a write
+// that waited would not end before the test's deadline, and a gathering
+// group ends only when it is full (maxBatch calls).
 func TestCommitGap(t *testing.T) {
 	s := sqliteBackend(t).open(t).(*sqlStore)
-	const gap = 300 * time.Millisecond
-	s.writer.gap.Store(int64(gap))
+	w := s.writer
+	w.gap.Store(int64(time.Hour))
+	t.Cleanup(func() { w.gap.Store(int64(commitGap)) })
 	ctx := context.Background()
-	insert := func(key string, hold time.Duration) error {
+	insert := func(key string) error {
 		return s.write(ctx, func(ctx context.Context, tx q) error {
-			time.Sleep(hold)
 			_, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES (?)`, key)
 			return err
 		})
 	}
-	concurrently := func(fns ...func() error) {
-		t.Helper()
-		var wg sync.WaitGroup
-		errs := make(chan error, len(fns))
-		for _, fn := range fns {
-			wg.Go(func() { errs <- fn() })
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
+	// background runs fn and returns a wait for its error.
+	background := func(what string, fn func() error) func() {
+		errc := make(chan error, 1)
+		go func() { errc <- fn() }()
+		return func() {
+			t.Helper()
+			var err error
+			testutil.WaitFor(t, what, func() bool {
+				select {
+				case err = <-errc:
+					return true
+				default:
+					return false
+				}
+			})
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", what, err)
 			}
 		}
 	}
 
-	// A lone sender: five writes one after the other, none waits.
-	time.Sleep(gap)
-	start := time.Now()
-	for i := range 5 {
-		if err := insert(fmt.Sprintf("lone%d", i), 0); err != nil {
-			t.Fatal(err)
+	// A lone sender: five writes one after the other, each a group of
+	// one, none waits.
+	before := w.commits.Load()
+	background("five writes of a lone sender, none waiting for the gap", func() error {
+		for i := range 5 {
+			if err := insert(fmt.Sprintf("lone%d", i)); err != nil {
+				return err
+			}
 		}
-	}
-	if d := time.Since(start); d >= gap/2 {
-		t.Errorf("five writes one after the other took %v, want no wait for the %v gap", d, gap)
+		return nil
+	})()
+	if n := w.commits.Load() - before; n != 5 {
+		t.Errorf("five writes one after the other took %d group commits, want 5", n)
 	}
 
-	// Two calls queue behind one that holds the writer: a group of two.
-	concurrently(
-		func() error { return insert("hold", 100*time.Millisecond) },
-		func() error { time.Sleep(20 * time.Millisecond); return insert("q1", 0) },
-		func() error { time.Sleep(20 * time.Millisecond); return insert("q2", 0) },
-	)
-	// Right after that group began: two calls, 50 ms apart, both inside
-	// the gap, so one group.
-	before := s.writer.commits.Load()
-	concurrently(
-		func() error { return insert("gap0", 0) },
-		func() error { time.Sleep(50 * time.Millisecond); return insert("gap1", 0) },
-	)
-	if n := s.writer.commits.Load() - before; n != 1 {
-		t.Errorf("two writes inside the gap took %d group commits, want 1", n)
+	// Two calls queue behind one that holds the writer: a group of two
+	// (the group before was of one, so they do not wait).
+	release := make(chan struct{})
+	held := make(chan struct{})
+	waitHold := background("the held write", func() error {
+		return s.write(ctx, func(ctx context.Context, tx q) error {
+			close(held)
+			<-release
+			_, err := tx.exec(ctx, `INSERT INTO devices (key) VALUES ('hold')`)
+			return err
+		})
+	})
+	<-held
+	waitQ1 := background("queued write q1", func() error { return insert("q1") })
+	waitQ2 := background("queued write q2", func() error { return insert("q2") })
+	testutil.WaitFor(t, "two writes queued behind the held one", func() bool { return len(w.reqs) == 2 })
+	before = w.commits.Load()
+	close(release)
+	waitHold()
+	waitQ1()
+	waitQ2()
+	if n := w.commits.Load() - before; n != 2 {
+		t.Fatalf("the held write and the two behind it took %d group commits, want 2", n)
+	}
+
+	// Right after that group of two began, a call comes: it waits for the
+	// rest of the gap, and every call that arrives meanwhile joins its
+	// group, until the group is full.
+	// The writer is parked while gap0 is queued, so that the writer is
+	// seen to take it, alone, before the others are sent.
+	before = w.commits.Load()
+	resume := make(chan struct{})
+	w.pauses <- resume
+	waits := []func(){background("write gap0", func() error { return insert("gap0") })}
+	testutil.WaitFor(t, "gap0 to be queued", func() bool { return len(w.reqs) == 1 })
+	close(resume)
+	testutil.WaitFor(t, "the writer to take gap0", func() bool { return len(w.reqs) == 0 })
+	for i := 1; i < maxBatch; i++ {
+		waits = append(waits, background(fmt.Sprintf("write gap%d", i), func() error { return insert(fmt.Sprintf("gap%d", i)) }))
+	}
+	for _, wait := range waits {
+		wait()
+	}
+	if n := w.commits.Load() - before; n != 1 {
+		t.Errorf("%d writes inside the gap took %d group commits, want 1", maxBatch, n)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // The suite runs every test against both backends. PostgreSQL needs
@@ -26,23 +27,10 @@ import (
 
 const pgEnv = "SCANHOOK_TEST_POSTGRES"
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
+// newClock is the suite's clock; a fixed start, so that tests may compare
+// recorded times with it.
+func newClock() *testutil.Clock {
+	return testutil.NewClockAt(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
 
 // backend opens stores on one fresh database; every call to open gives
@@ -51,7 +39,7 @@ type backend struct {
 	name   string
 	driver string
 	dsn    string
-	clock  *clock
+	clock  *testutil.Clock
 }
 
 func (b *backend) open(t testing.TB) Store {
@@ -258,9 +246,9 @@ func totalJobs(t testing.TB, s Store) int64 {
 func TestDecisionStatuses(t *testing.T) {
 	d1 := dev(machine(1), "host1.contoso.com")
 	byName := dev("", "web7.contoso.com")
-	type step func(t *testing.T, s Store, clk *clock) // prepares the device's history
+	type step func(t *testing.T, s Store, clk *testutil.Clock) // prepares the device's history
 	first := func(dec DecisionInput) step {
-		return func(t *testing.T, s Store, clk *clock) {
+		return func(t *testing.T, s Store, clk *testutil.Clock) {
 			if o := one(t, mustIngest(t, s, delivery(alertIn("prev-"+dec.Scan, dec)))); o.Status != domain.StatusQueued {
 				t.Fatalf("setup: %+v", o)
 			}
@@ -269,7 +257,7 @@ func TestDecisionStatuses(t *testing.T) {
 	// scanned: a job for dec was submitted to Defender and its action
 	// finished `ago` before the new alert.
 	scanned := func(dec DecisionInput, ago time.Duration) step {
-		return func(t *testing.T, s Store, clk *clock) {
+		return func(t *testing.T, s Store, clk *testutil.Clock) {
 			o := one(t, mustIngest(t, s, delivery(alertIn("prev-"+dec.Scan+"-scanned", dec))))
 			submit(t, s, o.JobID, machine(1), "act-"+dec.Scan)
 			finish(t, s, "act-"+dec.Scan)
@@ -299,13 +287,13 @@ func TestDecisionStatuses(t *testing.T) {
 		{name: "Quick while a Full is queued is a duplicate", setup: []step{first(full(d1))}, dec: quick(d1),
 			wantStatus: domain.StatusDuplicate, wantReason: "open Full scan (job {job}"},
 		{name: "Full after a Quick already claimed waits for it",
-			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
+			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *testutil.Clock) { claimAll(t, s, "other") }},
 			dec:   full(d1), wantStatus: domain.StatusQueued, wantReason: "to run after the open Quick scan (job {job}) ends", wantJob: true},
 		{name: "Quick while a Quick is claimed is a duplicate",
-			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *clock) { claimAll(t, s, "other") }},
+			setup: []step{first(quick(d1)), func(t *testing.T, s Store, _ *testutil.Clock) { claimAll(t, s, "other") }},
 			dec:   quick(d1), wantStatus: domain.StatusDuplicate, wantReason: "(job {job}, leased)"},
 		{name: "a submitted scan stays open until its action is final",
-			setup: []step{func(t *testing.T, s Store, _ *clock) {
+			setup: []step{func(t *testing.T, s Store, _ *testutil.Clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
 				submit(t, s, o.JobID, machine(1), "act-open")
 			}},
@@ -324,14 +312,14 @@ func TestDecisionStatuses(t *testing.T) {
 			dec:        func() DecisionInput { d := quick(d1); d.Cooldown = 0; return d }(),
 			wantStatus: domain.StatusQueued, wantJob: true},
 		{name: "cooldown follows the machine a DNS name resolved to",
-			setup: []step{func(t *testing.T, s Store, clk *clock) {
+			setup: []step{func(t *testing.T, s Store, clk *testutil.Clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("by-name", quick(byName)))))
 				submit(t, s, o.JobID, machine(1), "act-by-name")
 				finish(t, s, "act-by-name")
 			}},
 			dec: quick(d1), wantStatus: domain.StatusCooldown, wantReason: "(job {job})"},
 		{name: "already scanning counts as requested for the cooldown",
-			setup: []step{func(t *testing.T, s Store, clk *clock) {
+			setup: []step{func(t *testing.T, s Store, clk *testutil.Clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
 				jobs := claimAll(t, s, "o")
 				if len(jobs) != 1 || jobs[0].ID != o.JobID {
@@ -344,7 +332,7 @@ func TestDecisionStatuses(t *testing.T) {
 			}},
 			dec: quick(d1), wantStatus: domain.StatusCooldown, wantReason: "(job {job})"},
 		{name: "a dead job does not block the device",
-			setup: []step{func(t *testing.T, s Store, clk *clock) {
+			setup: []step{func(t *testing.T, s Store, clk *testutil.Clock) {
 				o := one(t, mustIngest(t, s, delivery(alertIn("prev", quick(d1)))))
 				claimAll(t, s, "o")
 				if err := s.CompleteJob(context.Background(), JobResult{JobID: o.JobID, Owner: "o", Outcome: OutcomeDead, Err: "machine not found"}); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // walIngests and walBound size the WAL tests: without any checkpoint this
@@ -121,16 +122,12 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 	// Idle: a checkpoint copies every frame back, while reads go on; the
 	// file keeps its size.
 	idled := s.ckpt.idled.Load()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.ckpt.idled.Load() == idled {
-		if time.Now().After(deadline) {
-			t.Fatal("no idle checkpoint copied the WAL back within 10s of the last ingest")
-		}
+	testutil.WaitFor(t, "an idle checkpoint to copy the WAL back", func() bool {
 		if _, err := s.Receipt(context.Background(), receipts[0]); err != nil {
 			t.Fatalf("Receipt while idle: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return s.ckpt.idled.Load() != idled
+	})
 	idleSize := fileSize(t, walPath)
 	if idleSize == 0 {
 		t.Fatal("the idle checkpoint truncated the WAL; the next burst would grow it again")

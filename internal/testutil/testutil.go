@@ -1,11 +1,13 @@
 // Package testutil owns the small helpers that tests in several packages
-// need: a log buffer safe for the goroutines of a running service, and a
-// clock that tests move by hand. It is imported by tests only.
+// need: a log buffer safe for the goroutines of a running service, a clock
+// that tests move by hand, and a wait for an event. It is imported by tests
+// only: it imports testing, which the production binary must not link.
 package testutil
 
 import (
 	"bytes"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -38,20 +40,36 @@ func (s *SyncBuffer) Tail(n int) string {
 	return out
 }
 
-// Clock is a clock that only moves when told to.
+// Clock is a clock that only moves when told to: Advance and Set move it,
+// and a ticking clock (NewTickingClock) also moves by a fixed step on every
+// reading. It is safe for concurrent use; give its Now method to the code
+// under test as its time source.
 type Clock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	t    time.Time
+	step time.Duration
 }
 
-// NewClock starts a clock at now, truncated to the second so that times
-// survive a round trip through a database.
+// NewClock starts a clock at now, in UTC, truncated to the second so that
+// times survive a round trip through a database (and whole seconds are what
+// signature timestamps carry).
 func NewClock() *Clock { return &Clock{t: time.Now().UTC().Truncate(time.Second)} }
 
-// Now returns the clock's time.
+// NewClockAt starts a clock at t.
+func NewClockAt(t time.Time) *Clock { return &Clock{t: t} }
+
+// NewTickingClock starts a clock at start that moves forward by step on
+// every reading, before it answers: each reading gets its own instant, and
+// time passes with the traffic, however loaded the machine is.
+func NewTickingClock(start time.Time, step time.Duration) *Clock {
+	return &Clock{t: start, step: step}
+}
+
+// Now returns the clock's time (a ticking clock moves first).
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.t = c.t.Add(c.step)
 	return c.t
 }
 
@@ -62,5 +80,42 @@ func (c *Clock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// NewClockAt starts a clock at t.
-func NewClockAt(t time.Time) *Clock { return &Clock{t: t} }
+// Set puts the clock at t, forward or back.
+func (c *Clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+// WaitTimeout bounds WaitFor. It only ends a test that is failing (the
+// event never comes), so it is generous: a slow or loaded machine makes a
+// passing test slower, never a failing one.
+const WaitTimeout = 30 * time.Second
+
+// WaitFor waits until cond holds, polling it, and fails the test naming
+// what it waited for if it does not hold within WaitTimeout. cond runs on
+// the test's goroutine, so it may call t.Fatal.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	WaitForState(t, what, cond, nil)
+}
+
+// WaitForState is WaitFor whose failure also reports state(): what was
+// seen instead, e.g. the state a job is stuck in.
+func WaitForState(t testing.TB, what string, cond func() bool, state func() string) {
+	t.Helper()
+	deadline := time.Now().Add(WaitTimeout)
+	pause := time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			if state != nil {
+				t.Fatalf("waited %s for %s; instead: %s", WaitTimeout, what, state())
+			}
+			t.Fatalf("waited %s for %s", WaitTimeout, what)
+		}
+		time.Sleep(pause)
+		// Quick for events that come at once, gentle on a loaded machine
+		// for those that take a while.
+		pause = min(2*pause, 20*time.Millisecond)
+	}
+}
