@@ -201,9 +201,12 @@ func TestCallingClearedOnlyWhenNothingCreated(t *testing.T) {
 		}
 	})
 	t.Run("timeout after sending", func(t *testing.T) {
-		e := newEnv(t, envOpts{client: func(c *defender.Config, _ *defender.Deps) { c.Timeout = 300 * time.Millisecond }})
+		// The timeout is long enough for the call to reach the simulator
+		// on a loaded machine (a call that times out before it is sent
+		// proves nothing was created), and the latency longer still.
+		e := newEnv(t, envOpts{client: func(c *defender.Config, _ *defender.Deps) { c.Timeout = 3 * time.Second }})
 		m := machine(t, e.sim, 3)
-		e.sim.SetFaults(defendersim.Faults{Latency: 2 * time.Second})
+		e.sim.SetFaults(defendersim.Faults{Latency: time.Hour})
 		receipt, _ := e.queue(t, alert.Device{ID: m.ID}, domain.ScanQuick)
 		start(t, e.dispatcher(t, Options{MaxAttempts: 50}))
 		j := e.waitJob(t, receipt, domain.JobRetry)
