@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,6 +37,10 @@ type Config struct {
 	// Warnings are FILE:LINE:COL notes about keys that load but should
 	// change (deprecated ones); the service logs them at start.
 	Warnings []string `yaml:"-"`
+
+	// root is the parsed file, for the positions of errors found after
+	// Parse (Secrets); nil when built in code.
+	root *yaml.Node
 }
 
 // Store selects the database.
@@ -172,6 +177,7 @@ func Parse(path string, data []byte) (*Config, error) {
 		}
 	}
 	cfg.File = path
+	cfg.root = root
 	if cfg.Store.Driver == "sqlite" && cfg.Store.DSN == "" && cfg.Store.DSNFile == "" {
 		cfg.Store.DSN = DefaultSQLiteDSN
 	}
@@ -407,7 +413,65 @@ func (c *Config) Secrets(getenv func(string) string, readFile func(string) ([]by
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 		return nil, errors.Join(errs...)
 	}
+	if err := c.checkSharedSecrets(out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// checkSharedSecrets refuses a secret that two sources hold: with one,
+// a body signed (or a token sent) for one source would be accepted on the
+// other's route, so a sender could make its alerts pass for another SIEM's.
+// The error points at the second source's key (its *_file key, or the
+// source itself when the secret came from the environment) and names both.
+func (c *Config) checkSharedSecrets(secrets map[string]SourceSecrets) error {
+	names := slices.Sorted(maps.Keys(secrets))
+	seen := map[string]secretHolder{}
+	var errs yamlpos.ErrorList
+	for _, name := range names {
+		sec, s := secrets[name], c.Sources[name]
+		prefix := "SCANHOOK_" + strings.ToUpper(name) + "_"
+		for _, k := range []struct {
+			v         []byte
+			key, file string
+			env       string
+		}{
+			{sec.Bearer, "bearer_token_file", s.Auth.BearerTokenFile, prefix + "BEARER_TOKEN"},
+			{sec.HMAC, "hmac_secret_file", s.Auth.HMACSecretFile, prefix + "HMAC_SECRET"},
+			{sec.Query, "query_token_file", s.Auth.QueryTokenFile, prefix + "QUERY_TOKEN"},
+		} {
+			if k.v == nil {
+				continue
+			}
+			h := secretHolder{source: name, key: "sources." + name + ".auth." + k.key}
+			path := []string{"sources", name, "auth", k.key}
+			if k.file == "" {
+				h.env, path = k.env, []string{"sources", name}
+			}
+			first, dup := seen[string(k.v)]
+			if !dup {
+				seen[string(k.v)] = h
+				continue
+			}
+			if first.source == name {
+				continue // one source may take the same token two ways
+			}
+			errs = append(errs, yamlpos.At(c.File, keyNodeAt(c.root, path),
+				"%s holds the same secret as %s: a signature or token for source %s would pass as %s; give each source its own secret",
+				h.describe(), first.describe(), first.source, name))
+		}
+	}
+	return errs.Err()
+}
+
+// secretHolder is where one source's secret came from.
+type secretHolder struct{ source, key, env string }
+
+func (h secretHolder) describe() string {
+	if h.env != "" {
+		return "sources." + h.source + " (" + h.env + ")"
+	}
+	return h.key
 }
 
 // secret reads a secret from a file (trailing newline dropped) or an

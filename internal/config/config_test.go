@@ -309,3 +309,63 @@ func TestREADMETuningDefaults(t *testing.T) {
 		t.Errorf("README log defaults %+v, code %+v", cfg.Log, d.Log)
 	}
 }
+
+// TestSharedSecretRefused checks that two sources may not hold the same
+// secret (a body signed for alertmanager would pass on elastic's route):
+// the error points at the second source's key and names both sources.
+func TestSharedSecretRefused(t *testing.T) {
+	files := map[string]string{
+		"/s/am-hmac":      "shared-hmac-secret-0123456789\n",
+		"/s/elastic-hmac": "shared-hmac-secret-0123456789",
+		"/s/own":          "a-token-of-its-own-0123456789",
+	}
+	readFile := func(name string) ([]byte, error) {
+		if v, ok := files[name]; ok {
+			return []byte(v), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	env := map[string]string{"SCANHOOK_SPLUNK_QUERY_TOKEN": "a-token-of-its-own-0123456789"}
+	getenv := func(k string) string { return env[k] }
+	cfg, err := Parse("/etc/sh/config.yaml", []byte(`sources:
+  alertmanager:
+    auth:
+      hmac_secret_file: /s/am-hmac
+  elastic:
+    auth:
+      hmac_secret_file: /s/elastic-hmac
+  sentinel:
+    auth:
+      bearer_token_file: /s/own
+      query_token_file: /s/own
+  splunk: {}
+`))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	_, err = cfg.Secrets(getenv, readFile)
+	if err == nil {
+		t.Fatal("Secrets accepted two sources sharing a secret")
+	}
+	for _, w := range []string{
+		"/etc/sh/config.yaml:7:7: sources.elastic.auth.hmac_secret_file holds the same secret as sources.alertmanager.auth.hmac_secret_file: a signature or token for source alertmanager would pass as elastic",
+		"/etc/sh/config.yaml:12:3: sources.splunk (SCANHOOK_SPLUNK_QUERY_TOKEN) holds the same secret as sources.sentinel.auth.bearer_token_file",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if strings.Count(err.Error(), "holds the same secret") != 2 {
+		t.Errorf("want two errors (sentinel may use one token two ways), got %q", err)
+	}
+	if strings.Contains(err.Error(), "shared-hmac") || strings.Contains(err.Error(), "of-its-own") {
+		t.Errorf("error leaks a secret: %q", err)
+	}
+
+	// Each its own: accepted.
+	files["/s/elastic-hmac"] = "another-hmac-secret-0123456789"
+	env["SCANHOOK_SPLUNK_QUERY_TOKEN"] = "splunk-query-token-0123456789"
+	if _, err := cfg.Secrets(getenv, readFile); err != nil {
+		t.Errorf("distinct secrets refused: %v", err)
+	}
+}
