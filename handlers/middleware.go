@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v5"
@@ -85,6 +86,18 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		a.metrics.duration.WithLabelValues(route, methodLabel(req.Method), strconv.Itoa(status)).Observe(elapsed.Seconds())
 
 		src, _ := c.Get(ctxSource).(string)
+		if src == "" && route == routeWebhook {
+			// Refused before the handler looked the source up (405, the
+			// in-flight limit's 429): still counted under its source. The
+			// router fills no parameter on a 405, hence the path.
+			name := c.Param("source")
+			if name == "" {
+				name = strings.TrimPrefix(req.URL.Path, "/v1/webhooks/")
+			}
+			if knownSource(name) {
+				src = name
+			}
+		}
 		if pe != nil && (route == routeWebhook) {
 			label := src
 			if label == "" {

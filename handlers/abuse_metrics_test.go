@@ -1,0 +1,55 @@
+package handlers
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/scanhook/scanhook/internal/alert"
+)
+
+// TestRejectedMetricLabels checks that a 405 on a webhook route counts as
+// method_not_allowed, and a 429 from the in-flight limit under its source
+// (both are refused before the handler looks the source up).
+func TestRejectedMetricLabels(t *testing.T) {
+	bs := &blockingStore{Store: openStore(t), entered: make(chan struct{}, 4), release: make(chan struct{})}
+	e := newEnv(t, withStore(bs), func(d *Deps) { d.MaxInFlight = 1 })
+	s := samples(t)
+
+	if r := e.get("/v1/webhooks/elastic", ""); r.status != http.StatusMethodNotAllowed {
+		t.Fatalf("GET on a webhook: %d %s", r.status, r.body)
+	}
+
+	done := make(chan resp, 1)
+	go func() { done <- e.post("/v1/webhooks/defender", s[alert.SourceDefender], bearer("defender")) }()
+	<-bs.entered
+	r := e.post("/v1/webhooks/sentinel", s[alert.SourceSentinel], bearer("sentinel"))
+	problemBody(t, r, http.StatusTooManyRequests, TypeRateLimited)
+	close(bs.release)
+	if r := <-done; r.status != http.StatusAccepted {
+		t.Fatalf("in-flight delivery: %d %s", r.status, r.body)
+	}
+
+	body := string(e.get("/metrics", "").body)
+	for _, want := range []string{
+		`scanhook_webhook_rejected_total{reason="method_not_allowed",source="elastic"} 1`,
+		`scanhook_webhook_rejected_total{reason="rate_limited",source="sentinel"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, `source="unknown"`) || strings.Contains(body, `reason="internal"`) {
+		t.Errorf("a refusal counted as unknown or internal:\n%s", grepLines(body, "scanhook_webhook_rejected_total"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
