@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"bytes"
+	"compress/gzip"
 	"net/http"
 	"strings"
 	"testing"
@@ -52,4 +54,31 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestCompressedBodyRefused checks that a gzip body is refused with 415
+// naming the encoding (it is never decompressed, so a zip bomb costs
+// nothing), not a 400 calling it invalid JSON, and is counted as such.
+func TestCompressedBodyRefused(t *testing.T) {
+	e := newEnv(t)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	_, _ = zw.Write(samples(t)[alert.SourceDefender])
+	_ = zw.Close()
+	h := bearer("defender")
+	h["Content-Encoding"] = "gzip"
+	r := e.post("/v1/webhooks/defender", buf.Bytes(), h)
+	p := problemBody(t, r, http.StatusUnsupportedMediaType, TypeUnsupportedMedia)
+	if !strings.Contains(p.Detail, `Content-Encoding "gzip"`) {
+		t.Errorf("detail %q does not name the encoding", p.Detail)
+	}
+	body := string(e.get("/metrics", "").body)
+	if want := `scanhook_webhook_rejected_total{reason="unsupported_media_type",source="defender"} 1`; !strings.Contains(body, want) {
+		t.Errorf("metrics lack %s", want)
+	}
+	// identity is no encoding at all.
+	h["Content-Encoding"] = "identity"
+	if r := e.post("/v1/webhooks/defender", samples(t)[alert.SourceDefender], h); r.status != http.StatusAccepted {
+		t.Errorf("identity: %d %s", r.status, r.body)
+	}
 }

@@ -67,7 +67,10 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")
 
-		err := a.callRecover(next, c)
+		err := refuseEncoding(req)
+		if err == nil {
+			err = a.callRecover(next, c)
+		}
 		var pe *Error
 		if err != nil {
 			pe = writeProblem(c, err, id)
@@ -141,6 +144,23 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		a.log.LogAttrs(req.Context(), level, "http request", attrs...)
 		return nil
 	}
+}
+
+// refuseEncoding refuses a compressed body (Content-Encoding: gzip and the
+// like): it is not decoded, so that server.max_body_bytes bounds what a
+// request makes scanhook hold, and refusing it names the encoding rather
+// than calling the bytes invalid JSON.
+func refuseEncoding(req *http.Request) error {
+	enc := strings.TrimSpace(req.Header.Get("Content-Encoding"))
+	if enc == "" || strings.EqualFold(enc, "identity") {
+		return nil
+	}
+	if len(enc) > 64 {
+		enc = enc[:64] + "…"
+	}
+	return &Error{Status: http.StatusUnsupportedMediaType, Type: TypeUnsupportedMedia, Title: "Unsupported media type",
+		Detail: "Content-Encoding " + strconv.Quote(enc) + " is not supported; send the body uncompressed",
+		Field:  "Content-Encoding", Reason: reasonMediaType}
 }
 
 // callRecover runs next, turning a panic into a 500 (http.ErrAbortHandler
