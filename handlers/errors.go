@@ -94,6 +94,7 @@ const (
 	reasonMediaType     = "unsupported_media_type"
 	reasonInvalidBody   = "invalid_body"
 	reasonRateLimited   = "rate_limited"
+	reasonMethod        = "method_not_allowed"
 	reasonUnavailable   = "unavailable"
 	reasonInternal      = "internal"
 )
@@ -130,7 +131,8 @@ func problemFor(err error) *Error {
 		return &Error{Status: http.StatusNotFound, Type: TypeNotFound, Title: "Not found",
 			Detail: "no such endpoint", Err: err}
 	case http.StatusMethodNotAllowed:
-		return &Error{Status: http.StatusMethodNotAllowed, Type: TypeMethodNotAllowed, Title: "Method not allowed", Err: err}
+		return &Error{Status: http.StatusMethodNotAllowed, Type: TypeMethodNotAllowed, Title: "Method not allowed",
+			Reason: reasonMethod, Err: err}
 	case http.StatusRequestEntityTooLarge:
 		return &Error{Status: http.StatusRequestEntityTooLarge, Type: TypeTooLarge, Title: "Body too large",
 			Reason: reasonTooLarge, Err: err}

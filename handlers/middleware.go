@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v5"
@@ -66,7 +67,10 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")
 
-		err := a.callRecover(next, c)
+		err := refuseEncoding(req)
+		if err == nil {
+			err = a.callRecover(next, c)
+		}
 		var pe *Error
 		if err != nil {
 			pe = writeProblem(c, err, id)
@@ -85,6 +89,18 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		a.metrics.duration.WithLabelValues(route, methodLabel(req.Method), strconv.Itoa(status)).Observe(elapsed.Seconds())
 
 		src, _ := c.Get(ctxSource).(string)
+		if src == "" && route == routeWebhook {
+			// Refused before the handler looked the source up (405, the
+			// in-flight limit's 429): still counted under its source. The
+			// router fills no parameter on a 405, hence the path.
+			name := c.Param("source")
+			if name == "" {
+				name = strings.TrimPrefix(req.URL.Path, "/v1/webhooks/")
+			}
+			if knownSource(name) {
+				src = name
+			}
+		}
 		if pe != nil && (route == routeWebhook) {
 			label := src
 			if label == "" {
@@ -128,6 +144,23 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		a.log.LogAttrs(req.Context(), level, "http request", attrs...)
 		return nil
 	}
+}
+
+// refuseEncoding refuses a compressed body (Content-Encoding: gzip and the
+// like): it is not decoded, so that server.max_body_bytes bounds what a
+// request makes scanhook hold, and refusing it names the encoding rather
+// than calling the bytes invalid JSON.
+func refuseEncoding(req *http.Request) error {
+	enc := strings.TrimSpace(req.Header.Get("Content-Encoding"))
+	if enc == "" || strings.EqualFold(enc, "identity") {
+		return nil
+	}
+	if len(enc) > 64 {
+		enc = enc[:64] + "…"
+	}
+	return &Error{Status: http.StatusUnsupportedMediaType, Type: TypeUnsupportedMedia, Title: "Unsupported media type",
+		Detail: "Content-Encoding " + strconv.Quote(enc) + " is not supported; send the body uncompressed",
+		Field:  "Content-Encoding", Reason: reasonMediaType}
 }
 
 // callRecover runs next, turning a panic into a 500 (http.ErrAbortHandler

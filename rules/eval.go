@@ -3,10 +3,12 @@ package rules
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 
 	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/interpreter"
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/domain"
@@ -142,6 +144,10 @@ func (ev *evaluation) decide(base Decision, i int, dev *alert.Device) Decision {
 		d.Rule = r.name
 		d.Scan = r.scan
 		d.Reason = ev.explain(r)
+		if len(ev.notes) > 0 {
+			// An earlier rule might have matched had its `when` not failed.
+			d.Reason += " (" + strings.Join(ev.notes, "; ") + ")"
+		}
 		if r.scan == domain.ScanNone {
 			return d
 		}
@@ -202,7 +208,16 @@ func (ev *evaluation) matches(r *rule) bool {
 	}
 	out, _, err := r.when.Eval(ev.cel)
 	if err != nil {
-		ev.notes = append(ev.notes, "rule "+strconv.Quote(r.name)+": when failed: "+err.Error())
+		var cancelled interpreter.EvalCancelledError
+		limit := errors.As(err, &cancelled) && cancelled.Cause == interpreter.CostLimitExceeded
+		msg := err.Error()
+		if limit {
+			msg = "stopped at the cost limit (" + strconv.FormatUint(ev.rs.celCostLimit, 10) + ") for this alert"
+		}
+		ev.notes = append(ev.notes, "rule "+strconv.Quote(r.name)+": when failed: "+msg)
+		if ev.rs.whenFailed != nil {
+			ev.rs.whenFailed(r.name, limit)
+		}
 		return false
 	}
 	return out == types.True

@@ -52,6 +52,14 @@ func (s *scanSetting) UnmarshalYAMLPos(n *yaml.Node, file string) yamlpos.ErrorL
 type Options struct {
 	// MaxCommentLen caps a rendered comment, in runes (0 means 1000).
 	MaxCommentLen int
+	// WhenFailed, when set, is told of every `when` evaluation that
+	// failed: rule is the rule's name, costLimit whether it was stopped
+	// by the runtime cost limit (otherwise it was a runtime error, such as
+	// an index out of range). It is called from Evaluate, concurrently.
+	WhenFailed func(rule string, costLimit bool)
+
+	// celCostLimit replaces celRuntimeCostLimit when not 0 (tests).
+	celCostLimit uint64
 }
 
 // DefaultMaxCommentLen is the comment cap when Options.MaxCommentLen is 0.
@@ -103,6 +111,10 @@ type Ruleset struct {
 	defaultTmpl *commentTmpl
 	builtinTmpl *commentTmpl
 	adapter     types.Adapter
+	// whenFailed is Options.WhenFailed; celCostLimit is what a costly
+	// `when` may spend at runtime.
+	whenFailed   func(rule string, costLimit bool)
+	celCostLimit uint64
 }
 
 type rule struct {
@@ -168,7 +180,11 @@ type ruleSpec struct {
 // yamlpos.ErrorList holding every problem found, each with its position.
 func Load(filename string, data []byte, opts Options) (*Ruleset, error) {
 	sum := sha256.Sum256(data)
-	rs := &Ruleset{digest: hex.EncodeToString(sum[:]), maxComment: opts.MaxCommentLen}
+	rs := &Ruleset{digest: hex.EncodeToString(sum[:]), maxComment: opts.MaxCommentLen,
+		whenFailed: opts.WhenFailed, celCostLimit: opts.celCostLimit}
+	if rs.celCostLimit == 0 {
+		rs.celCostLimit = celRuntimeCostLimit
+	}
 	if rs.maxComment <= 0 {
 		rs.maxComment = DefaultMaxCommentLen
 	}
@@ -334,7 +350,7 @@ func (l *loader) rule(env *cel.Env, sp *ruleSpec, node *yaml.Node, names map[str
 		r.conds = l.match(sp.Match)
 	}
 	if sp.When.Set() {
-		prg, msg := compileWhen(env, sp.When.V)
+		prg, msg := compileWhen(env, r.name, sp.When.V, l.rs.celCostLimit)
 		if msg != "" {
 			l.errorf(sp.When.Node, "%s", msg)
 		} else {

@@ -57,13 +57,17 @@ func RunDemo(ctx context.Context, env Env, listen string) error {
 	}
 	defer sim.Close()
 
-	token := randomHex(16)
+	// Each source has its own token: no two sources may share a secret.
+	tokens := map[string]string{}
 	files := map[string][]byte{
 		"defender-client-secret": []byte(defendersim.DefaultClientSecret),
-		"webhook-token":          []byte(token),
 		"rules.yaml":             examples.Rules(),
 		"sentinel-incident.json": examples.SentinelIncident(),
 		"defender-alert.json":    examples.DefenderAlert(),
+	}
+	for _, s := range domain.Sources() {
+		tokens[s] = randomHex(16)
+		files["webhook-token-"+s] = []byte(tokens[s])
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
@@ -86,9 +90,9 @@ func RunDemo(ctx context.Context, env Env, listen string) error {
 		if s == domain.SourceGeneric {
 			continue // it needs a mapping, which is yours to write
 		}
-		fmt.Fprintf(&sources, "  %s:\n    auth:\n      bearer_token_file: webhook-token\n", s)
+		fmt.Fprintf(&sources, "  %[1]s:\n    auth:\n      bearer_token_file: webhook-token-%[1]s\n", s)
 		if s == domain.SourceSplunk {
-			sources.WriteString("      query_token_file: webhook-token\n")
+			fmt.Fprintf(&sources, "      query_token_file: webhook-token-%s\n", s)
 		}
 	}
 	cfgText := fmt.Sprintf(`# Written by scanhook serve --demo. Every path is relative to this file.
@@ -123,15 +127,18 @@ log:
 
 	return Run(ctx, cfg, env, Hooks{
 		Transport: transport,
-		Listening: func(addr net.Addr) { printDemoBanner(env.stdout(), dir, addr.String(), token, sim.URL()) },
+		Listening: func(addr net.Addr) { printDemoBanner(env.stdout(), dir, addr.String(), tokens, sim.URL()) },
 	})
 }
 
-func printDemoBanner(w io.Writer, dir, addr, token, simURL string) {
+// printDemoBanner shows the sentinel source's token as "token" (any
+// source's token also reads); each curl carries its own source's token.
+func printDemoBanner(w io.Writer, dir, addr string, tokens map[string]string, simURL string) {
 	base := "http://" + addr
+	token := tokens[domain.SourceSentinel]
 	post := func(source, file string) string {
 		return fmt.Sprintf("curl -sS -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n    --data-binary @%s %s/v1/webhooks/%s",
-			token, filepath.Join(dir, file), base, source)
+			tokens[source], filepath.Join(dir, file), base, source)
 	}
 	fmt.Fprintf(w, `scanhook demo: listening on %[1]s (Ctrl-C to stop)
 
@@ -139,7 +146,7 @@ func printDemoBanner(w io.Writer, dir, addr, token, simURL string) {
   rules     %[2]s/rules.yaml  (edit it: changes apply within seconds)
   store     %[2]s/scanhook.db (SQLite)
   Defender  built-in simulator at %[3]s (scans go Pending -> InProgress -> Succeeded in about 7s)
-  token     %[4]s
+  token     %[4]s  (the sentinel source's; each source has its own, in webhook-token-SOURCE)
 
 Send a Sentinel incident naming two hosts (ransomware: Full scans):
   %[5]s

@@ -30,7 +30,7 @@ const genericBody = `{"items":[{"ref":"G-1","level":"high","asset":{"fqdn":"gene
 
 const genericSource = `sources:
   generic:
-    auth: {bearer_token_file: token}
+    auth: {bearer_token_file: token-generic}
     mapping:
       alerts: items
       id: ref
@@ -120,7 +120,7 @@ func TestEverySourceEndToEnd(t *testing.T) {
 
 	extra := "dispatch:\n  poll_interval: 200ms\n" + genericSource
 	for _, s := range []string{"defender", "graph", "sentinel", "azuremonitor", "splunk", "elastic", "alertmanager"} {
-		extra += "  " + s + ":\n    auth: {bearer_token_file: token}\n"
+		extra += "  " + s + ":\n    auth: {bearer_token_file: " + sourceTokenFile(s) + "}\n"
 	}
 	svc := startTestService(t, sim, nil, "rules:\n  - name: all-quick\n    scan: Quick\n    cooldown: 1s\n", extra)
 

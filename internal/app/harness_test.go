@@ -11,10 +11,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/scanhook/scanhook/internal/domain"
 	"github.com/scanhook/scanhook/internal/testutil"
 
 	"github.com/scanhook/scanhook/internal/config"
@@ -41,11 +43,14 @@ const testToken = "test-token-0123456789abcdef"
 func startTestService(t *testing.T, sim *defendersim.Server, limiter defender.Limiter, rulesYAML, extra string) *testService {
 	t.Helper()
 	dir := t.TempDir()
-	for name, content := range map[string]string{
+	files := map[string]string{
 		"secret":     defendersim.DefaultClientSecret,
-		"token":      testToken,
 		"rules.yaml": rulesYAML,
-	} {
+	}
+	for _, src := range domain.Sources() {
+		files[sourceTokenFile(src)] = sourceToken(src)
+	}
+	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +72,7 @@ log:
 	if !bytes.Contains([]byte(extra), []byte("sources:")) {
 		text += "sources:\n"
 		for _, s := range []string{"defender", "graph", "sentinel", "azuremonitor", "splunk", "elastic", "alertmanager"} {
-			text += "  " + s + ":\n    auth: {bearer_token_file: token}\n"
+			text += "  " + s + ":\n    auth: {bearer_token_file: " + sourceTokenFile(s) + "}\n"
 		}
 	}
 	cfg, err := config.Parse(cfgPath, []byte(text))
@@ -112,14 +117,39 @@ func (s *testService) stop(t *testing.T) {
 	})
 }
 
-// do sends one request with the test token and decodes a JSON answer.
+// sourceToken is source's webhook token (no two sources may share one);
+// the defender source's is testToken, which also reads.
+func sourceToken(source string) string {
+	if source == domain.SourceDefender {
+		return testToken
+	}
+	return testToken + "-" + source
+}
+
+// sourceTokenFile is the file, in the config's folder, holding sourceToken.
+func sourceTokenFile(source string) string {
+	if source == domain.SourceDefender {
+		return "token"
+	}
+	return "token-" + source
+}
+
+// do sends one request with the test token (the source's own on a webhook
+// or explain route) and decodes a JSON answer.
 func (s *testService) do(t *testing.T, method, path, contentType string, body []byte, out any) int {
 	t.Helper()
 	req, err := http.NewRequest(method, s.base+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+s.token)
+	token := s.token
+	for _, prefix := range []string{"/v1/webhooks/", "/v1/explain/"} {
+		if src, ok := strings.CutPrefix(path, prefix); ok {
+			src, _, _ = strings.Cut(src, "?")
+			token = sourceToken(src)
+		}
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}

@@ -272,7 +272,7 @@ func TestRulesTestInputs(t *testing.T) {
 			t.Fatalf("exit %d, stderr %s", code, errOut)
 		}
 		cfg := filepath.Join(dir, "config.yaml")
-		writeFile(t, cfg, "sources:\n  generic:\n    insecure_no_auth: true\n    mapping:\n      id: ref\n      severity: level\n      dns_name: asset.fqdn\n")
+		writeFile(t, cfg, "listen: 127.0.0.1:8080\nsources:\n  generic:\n    insecure_no_auth: true\n    mapping:\n      id: ref\n      severity: level\n      dns_name: asset.fqdn\n")
 		alertFile := filepath.Join(dir, "generic.json")
 		writeFile(t, alertFile, `{"ref":"T-1","level":"high","asset":{"fqdn":"web01.contoso.com"}}`)
 		code, out, errOut := run(t, "", "rules", "test", "--rules", exampleRules, "--source", "generic", "--config", cfg, alertFile)

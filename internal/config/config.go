@@ -7,8 +7,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -31,12 +35,20 @@ type Config struct {
 	Server   Server            `yaml:"server"`
 	Dispatch Dispatch          `yaml:"dispatch"`
 	Log      Log               `yaml:"log"`
+	// InsecureNoAuthPublic allows a source with insecure_no_auth while
+	// listen is not a loopback address: anyone who reaches the port can
+	// then send that source's alerts.
+	InsecureNoAuthPublic bool `yaml:"insecure_no_auth_public"`
 
 	// File is the path the configuration was read from ("" when built in code).
 	File string `yaml:"-"`
 	// Warnings are FILE:LINE:COL notes about keys that load but should
 	// change (deprecated ones); the service logs them at start.
 	Warnings []string `yaml:"-"`
+
+	// root is the parsed file, for the positions of errors found after
+	// Parse (Secrets); nil when built in code.
+	root *yaml.Node
 }
 
 // Store selects the database.
@@ -173,6 +185,7 @@ func Parse(path string, data []byte) (*Config, error) {
 		}
 	}
 	cfg.File = path
+	cfg.root = root
 	if cfg.Store.Driver == "sqlite" && cfg.Store.DSN == "" && cfg.Store.DSNFile == "" {
 		cfg.Store.DSN = DefaultSQLiteDSN
 	}
@@ -181,10 +194,65 @@ func Parse(path string, data []byte) (*Config, error) {
 	if err := v.errs.Err(); err != nil {
 		return nil, err
 	}
-	cfg.Warnings = v.warns
 	cfg.resolvePaths(filepath.Dir(path))
+	v.checkSecretFiles(&cfg)
+	cfg.Warnings = v.warns
 	return &cfg, nil
 }
+
+// checkSecretFiles warns about secrets others on the host could replace
+// (a world-writable file) and about a password written in store.dsn,
+// where the config file (often a ConfigMap) shows it to every reader.
+func (v *validator) checkSecretFiles(c *Config) {
+	if c.Store.DSN != "" && dsnHasPassword(c.Store.DSN) {
+		v.warnf([]string{"store", "dsn"}, "store.dsn holds a password inline; move the DSN to store.dsn_file (mode 0600) or SCANHOOK_STORE_DSN")
+	}
+	files := []struct {
+		path []string
+		file string
+	}{
+		{[]string{"store", "dsn_file"}, c.Store.DSNFile},
+		{[]string{"defender", "client_secret_file"}, c.Defender.ClientSecretFile},
+		{[]string{"defender", "client_certificate_file"}, c.Defender.ClientCertificateFile},
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Sources)) {
+		a := c.Sources[name].Auth
+		for _, f := range []struct{ key, file string }{
+			{"bearer_token_file", a.BearerTokenFile},
+			{"hmac_secret_file", a.HMACSecretFile},
+			{"query_token_file", a.QueryTokenFile},
+		} {
+			files = append(files, struct {
+				path []string
+				file string
+			}{[]string{"sources", name, "auth", f.key}, f.file})
+		}
+	}
+	for _, f := range files {
+		if f.file == "" {
+			continue
+		}
+		fi, err := os.Stat(f.file)
+		if err != nil || fi.Mode().Perm()&0o002 == 0 {
+			continue // a missing file is Secrets' to report
+		}
+		v.warnf(f.path, "%s: %s is world-writable (mode %04o): anyone on the host can replace the secret; make it readable by scanhook only (chmod 0600)",
+			strings.Join(f.path, "."), f.file, fi.Mode().Perm())
+	}
+}
+
+// dsnHasPassword reports whether a DSN carries a password: a URL's
+// user:password@, or a key=value DSN's password= .
+func dsnHasPassword(dsn string) bool {
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			return true
+		}
+	}
+	return kvPassword.MatchString(dsn)
+}
+
+var kvPassword = regexp.MustCompile(`(?i)(^|\s)password\s*=`)
 
 func (c *Config) resolvePaths(dir string) {
 	abs := func(p *string) {
@@ -267,6 +335,11 @@ func (v *validator) check(c *Config) {
 		if s.InsecureNoAuth && hasAuth {
 			v.errorf(append(p, "insecure_no_auth"), "sources.%s: insecure_no_auth with auth configured is contradictory; remove one", name)
 		}
+		if s.InsecureNoAuth && !hasAuth && !c.InsecureNoAuthPublic && !loopbackListen(c.Listen) {
+			v.errs = append(v.errs, yamlpos.At(v.file, keyNodeAt(v.root, append(p, "insecure_no_auth")),
+				"sources.%s: insecure_no_auth on listen %q, which is not a loopback address, lets anyone who reaches the port send %s alerts; configure auth, listen on 127.0.0.1, or also set insecure_no_auth_public: true at the top level",
+				name, c.Listen, name))
+		}
 		if s.Mapping != nil {
 			if name != "generic" {
 				v.errorf(append(p, "mapping"), "sources.%s.mapping: only the generic source takes a mapping", name)
@@ -322,6 +395,21 @@ func (v *validator) check(c *Config) {
 	default:
 		v.errorf([]string{"log", "level"}, "log.level: %q is not one of debug, info, warn, error", c.Log.Level)
 	}
+}
+
+// loopbackListen reports whether a listen address accepts only local
+// connections: localhost or a loopback IP. ":8080", "0.0.0.0:…" and host
+// names other than localhost are public.
+func loopbackListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // nodeAt finds the value node at a key path, or the deepest one found.
@@ -408,7 +496,65 @@ func (c *Config) Secrets(getenv func(string) string, readFile func(string) ([]by
 		slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 		return nil, errors.Join(errs...)
 	}
+	if err := c.checkSharedSecrets(out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// checkSharedSecrets refuses a secret that two sources hold: with one,
+// a body signed (or a token sent) for one source would be accepted on the
+// other's route, so a sender could make its alerts pass for another SIEM's.
+// The error points at the second source's key (its *_file key, or the
+// source itself when the secret came from the environment) and names both.
+func (c *Config) checkSharedSecrets(secrets map[string]SourceSecrets) error {
+	names := slices.Sorted(maps.Keys(secrets))
+	seen := map[string]secretHolder{}
+	var errs yamlpos.ErrorList
+	for _, name := range names {
+		sec, s := secrets[name], c.Sources[name]
+		prefix := "SCANHOOK_" + strings.ToUpper(name) + "_"
+		for _, k := range []struct {
+			v         []byte
+			key, file string
+			env       string
+		}{
+			{sec.Bearer, "bearer_token_file", s.Auth.BearerTokenFile, prefix + "BEARER_TOKEN"},
+			{sec.HMAC, "hmac_secret_file", s.Auth.HMACSecretFile, prefix + "HMAC_SECRET"},
+			{sec.Query, "query_token_file", s.Auth.QueryTokenFile, prefix + "QUERY_TOKEN"},
+		} {
+			if k.v == nil {
+				continue
+			}
+			h := secretHolder{source: name, key: "sources." + name + ".auth." + k.key}
+			path := []string{"sources", name, "auth", k.key}
+			if k.file == "" {
+				h.env, path = k.env, []string{"sources", name}
+			}
+			first, dup := seen[string(k.v)]
+			if !dup {
+				seen[string(k.v)] = h
+				continue
+			}
+			if first.source == name {
+				continue // one source may take the same token two ways
+			}
+			errs = append(errs, yamlpos.At(c.File, keyNodeAt(c.root, path),
+				"%s holds the same secret as %s: a signature or token for source %s would pass as %s; give each source its own secret",
+				h.describe(), first.describe(), first.source, name))
+		}
+	}
+	return errs.Err()
+}
+
+// secretHolder is where one source's secret came from.
+type secretHolder struct{ source, key, env string }
+
+func (h secretHolder) describe() string {
+	if h.env != "" {
+		return "sources." + h.source + " (" + h.env + ")"
+	}
+	return h.key
 }
 
 // secret reads a secret from a file (trailing newline dropped) or an

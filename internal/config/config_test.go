@@ -334,3 +334,145 @@ func TestDocTuningDefaults(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedSecretRefused checks that two sources may not hold the same
+// secret (a body signed for alertmanager would pass on elastic's route):
+// the error points at the second source's key and names both sources.
+func TestSharedSecretRefused(t *testing.T) {
+	files := map[string]string{
+		"/s/am-hmac":      "shared-hmac-secret-0123456789\n",
+		"/s/elastic-hmac": "shared-hmac-secret-0123456789",
+		"/s/own":          "a-token-of-its-own-0123456789",
+	}
+	readFile := func(name string) ([]byte, error) {
+		if v, ok := files[name]; ok {
+			return []byte(v), nil
+		}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	env := map[string]string{"SCANHOOK_SPLUNK_QUERY_TOKEN": "a-token-of-its-own-0123456789"}
+	getenv := func(k string) string { return env[k] }
+	cfg, err := Parse("/etc/sh/config.yaml", []byte(`sources:
+  alertmanager:
+    auth:
+      hmac_secret_file: /s/am-hmac
+  elastic:
+    auth:
+      hmac_secret_file: /s/elastic-hmac
+  sentinel:
+    auth:
+      bearer_token_file: /s/own
+      query_token_file: /s/own
+  splunk: {}
+`))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	_, err = cfg.Secrets(getenv, readFile)
+	if err == nil {
+		t.Fatal("Secrets accepted two sources sharing a secret")
+	}
+	for _, w := range []string{
+		"/etc/sh/config.yaml:7:7: sources.elastic.auth.hmac_secret_file holds the same secret as sources.alertmanager.auth.hmac_secret_file: a signature or token for source alertmanager would pass as elastic",
+		"/etc/sh/config.yaml:12:3: sources.splunk (SCANHOOK_SPLUNK_QUERY_TOKEN) holds the same secret as sources.sentinel.auth.bearer_token_file",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if strings.Count(err.Error(), "holds the same secret") != 2 {
+		t.Errorf("want two errors (sentinel may use one token two ways), got %q", err)
+	}
+	if strings.Contains(err.Error(), "shared-hmac") || strings.Contains(err.Error(), "of-its-own") {
+		t.Errorf("error leaks a secret: %q", err)
+	}
+
+	// Each its own: accepted.
+	files["/s/elastic-hmac"] = "another-hmac-secret-0123456789"
+	env["SCANHOOK_SPLUNK_QUERY_TOKEN"] = "splunk-query-token-0123456789"
+	if _, err := cfg.Secrets(getenv, readFile); err != nil {
+		t.Errorf("distinct secrets refused: %v", err)
+	}
+}
+
+// TestInsecureNoAuthPublic checks that insecure_no_auth on a listen
+// address others can reach is refused unless insecure_no_auth_public says
+// so too, and that loopback addresses need no such key.
+func TestInsecureNoAuthPublic(t *testing.T) {
+	const src = "sources:\n  alertmanager:\n    insecure_no_auth: true\n"
+	for _, listen := range []string{":8080", "0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080", "scanhook.example:8080"} {
+		_, err := Parse("c.yaml", []byte("listen: \""+listen+"\"\n"+src))
+		want := `c.yaml:4:5: sources.alertmanager: insecure_no_auth on listen "` + listen + `", which is not a loopback address`
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "insecure_no_auth_public: true") {
+			t.Errorf("listen %s: error %v, want %q", listen, err, want)
+		}
+		cfg, err := Parse("c.yaml", []byte("listen: \""+listen+"\"\ninsecure_no_auth_public: true\n"+src))
+		if err != nil || !cfg.InsecureNoAuthPublic {
+			t.Errorf("listen %s with insecure_no_auth_public: %v", listen, err)
+		}
+	}
+	for _, listen := range []string{"127.0.0.1:8080", "127.0.0.1:0", "[::1]:8080", "localhost:8080"} {
+		if _, err := Parse("c.yaml", []byte("listen: \""+listen+"\"\n"+src)); err != nil {
+			t.Errorf("listen %s: %v", listen, err)
+		}
+	}
+	// The default listen (":8080") is public.
+	if _, err := Parse("c.yaml", []byte(src)); err == nil {
+		t.Error("insecure_no_auth on the default listen accepted")
+	}
+}
+
+// TestUnsafeSecretWarnings checks the start-up warnings for a world-writable
+// secret file and a password written in store.dsn.
+func TestUnsafeSecretWarnings(t *testing.T) {
+	dir := t.TempDir()
+	for name, mode := range map[string]os.FileMode{"open-token": 0o666, "good-token": 0o600} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("0123456789abcdef0123"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+	}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	cfg, err := Parse(cfgPath, []byte(`listen: 127.0.0.1:8080
+store:
+  driver: postgres
+  dsn: postgres://scanhook:hunter2@db.example/scanhook
+sources:
+  sentinel:
+    auth:
+      bearer_token_file: open-token
+  elastic:
+    auth:
+      bearer_token_file: good-token
+`))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	got := strings.Join(cfg.Warnings, "\n")
+	for _, w := range []string{
+		cfgPath + ":4:3: store.dsn holds a password inline; move the DSN to store.dsn_file (mode 0600) or SCANHOOK_STORE_DSN",
+		cfgPath + ":8:7: sources.sentinel.auth.bearer_token_file: " + filepath.Join(dir, "open-token") + " is world-writable (mode 0666)",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("warnings %q lack %q", got, w)
+		}
+	}
+	if len(cfg.Warnings) != 2 || strings.Contains(got, "hunter2") || strings.Contains(got, "good-token") {
+		t.Errorf("want exactly the two warnings, without the password: %q", got)
+	}
+
+	for dsn, want := range map[string]bool{
+		"host=db user=scanhook password=x dbname=s": true,
+		"host=db password = x":                      true,
+		"postgres://scanhook@db.example/s":          false,
+		"host=db user=scanhook dbname=s":            false,
+		"/var/lib/scanhook/scanhook.db":             false,
+	} {
+		if got := dsnHasPassword(dsn); got != want {
+			t.Errorf("dsnHasPassword(%q) = %v, want %v", dsn, got, want)
+		}
+	}
+}

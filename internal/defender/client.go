@@ -11,6 +11,8 @@ package defender
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -816,12 +818,28 @@ func (c *Client) tokenError(op string, parent, ctx context.Context, err error) *
 		}
 		return e
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		// No answer: the token endpoint could not be reached.
+	if reachFailed(err) || errors.As(err, &afe) {
+		// No answer: the token endpoint could not be reached (refused,
+		// reset, a certificate not trusted). An AuthenticationFailedError
+		// without a response is azidentity's word for that too, with the
+		// cause sometimes only in its text. Nobody refused the credential.
 		e.Kind = Network
 	}
 	return e
+}
+
+// reachFailed reports whether err is a failure to reach a server: a
+// network error or a TLS handshake that did not verify.
+func reachFailed(err error) bool {
+	var ne net.Error
+	var cve *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var re tls.RecordHeaderError
+	var ae tls.AlertError
+	return errors.As(err, &ne) || errors.As(err, &cve) || errors.As(err, &ua) || errors.As(err, &he) ||
+		errors.As(err, &ci) || errors.As(err, &re) || errors.As(err, &ae)
 }
 
 // dialFailed reports whether a transport error happened while connecting,

@@ -39,6 +39,9 @@ type Holder struct {
 	reloads   *prometheus.CounterVec
 	lastOK    prometheus.Gauge
 	ruleCount prometheus.Gauge
+	// whenFailed counts `when` evaluations that failed, by rule and reason
+	// (cost_limit or error).
+	whenFailed *prometheus.CounterVec
 }
 
 // New loads path once; a broken file at start is an error, since the
@@ -65,9 +68,22 @@ func New(path string, opts rules.Options, logger *slog.Logger, reg prometheus.Re
 			Name: "scanhook_rules_loaded",
 			Help: "Number of rules in force.",
 		}),
+		whenFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scanhook_rules_when_failures_total",
+			Help: "Evaluations of a rule's when expression that failed (the rule did not match), by rule and reason: cost_limit or error.",
+		}, []string{"rule", "reason"}),
+	}
+	if opts.WhenFailed == nil {
+		h.opts.WhenFailed = func(rule string, costLimit bool) {
+			reason := "error"
+			if costLimit {
+				reason = "cost_limit"
+			}
+			h.whenFailed.WithLabelValues(rule, reason).Inc()
+		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{h.ok, h.reloads, h.lastOK, h.ruleCount} {
+		for _, c := range []prometheus.Collector{h.ok, h.reloads, h.lastOK, h.ruleCount, h.whenFailed} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register rules metrics: %w", err)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/testutil"
 	"github.com/scanhook/scanhook/rules"
 )
@@ -87,6 +88,21 @@ func TestReloadKeepsOldRulesOnError(t *testing.T) {
 	}
 	if v := promtest.ToFloat64(h.reloads.WithLabelValues("failure")); v != 1 {
 		t.Errorf("failures counted %v, want 1", v)
+	}
+}
+
+// TestWhenFailuresCounted checks that the rules New loads report failed
+// `when` evaluations in scanhook_rules_when_failures_total.
+func TestWhenFailuresCounted(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rules.yaml")
+	write(t, path, "rules:\n  - name: indexes\n    when: 'alert.tags[5] == \"x\"'\n    scan: Full\n")
+	h, err := New(path, rules.Options{}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	h.Current().Evaluate(&alert.Alert{ID: "a1", Source: "generic", Devices: []alert.Device{{DNSName: "ws-01.example"}}})
+	if v := promtest.ToFloat64(h.whenFailed.WithLabelValues("indexes", "error")); v != 1 {
+		t.Errorf("when failures counted %v, want 1", v)
 	}
 }
 
