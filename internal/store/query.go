@@ -48,8 +48,8 @@ type q struct {
 	x  querier
 	pg bool
 	// SQLite writer only: statements prepared on the write connection.
-	// Parsing is a third of an ingest's CPU otherwise; pgx already caches
-	// prepared statements per connection on its own.
+	// Parsing each statement anew would be a large part of an ingest's
+	// CPU; pgx already caches prepared statements per connection on its own.
 	stmts *stmtCache
 }
 

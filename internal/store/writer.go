@@ -22,10 +22,10 @@ import (
 // It runs BEGIN and COMMIT itself on a connection it holds (a *sql.Conn)
 // rather than through *sql.Tx: database/sql starts a goroutine for every
 // query inside a Tx (Rows.awaitDone, watching the Tx's own cancelable
-// context), about five per ingest, and under load those goroutines were
-// most of the scheduler's run queue, so the writer (the service's one
-// serial step) waited behind them for a CPU. Queries on a Conn with a
-// context that cannot be cancelled start none.
+// context), several per ingest, and under load they crowd the scheduler's
+// run queue, so the writer (the service's one serial step) waits behind
+// them for a CPU. Queries on a Conn with a context that cannot be
+// cancelled start none.
 type writer struct {
 	conn  *sql.Conn
 	stmts *stmtCache
@@ -69,10 +69,9 @@ const maxBatch = 256
 // sender whose groups are all of one (it would otherwise be held to one
 // call per gap); under concurrent load it makes groups larger, and most
 // of a commit's cost is per group, not per call (every group rewrites the
-// last page of each table and index it touched, and fsyncs). At 2,000
-// alerts/s, 4 ms took the groups from about 2.5 calls to about 10, the
-// service's CPU down by a sixth and its disk writes by a sixth, and the
-// p99 latency after the first seconds from 36-64 ms to 32-36 ms.
+// last page of each table and index it touched, and fsyncs), so a few
+// milliseconds of waiting buy less CPU, fewer disk writes and a lower tail
+// latency under load.
 const commitGap = 4 * time.Millisecond
 
 // newWriter takes one connection of db for good and starts the writer on it.
@@ -184,21 +183,18 @@ func (w *writer) loop() {
 // Every alert inserts into indexes keyed by hashes and ids (the receipt,
 // the alert's (source, id)), each at a random page; with SQLite's default
 // 2 MiB cache most of those pages were read from the file again once the
-// indexes outgrew it, four reads per alert under load. They take about 130
-// bytes an alert together, so 16 MiB keeps them in memory for the first
-// hundred thousand alerts or so.
+// indexes outgrew it. They take about 130 bytes an alert together, so
+// 16 MiB keeps them in memory for the first hundred thousand alerts or so.
 //
 // Why not 16 MiB from the start: each page the cache takes on is a new
 // allocation (8 KiB: SQLite's allocator rounds a 4 KiB page and its header
-// up to a power of two), and on a fresh process each is new memory, two
-// page faults of 13-17 µs on this VM. A burst on a new database touches
-// thousands of new pages a second, so a 16 MiB cache filled within 1.5 s,
-// at 8,000 faults in the writer, the service's one serial step: 70 µs an
-// alert more when it can least afford it (the first second of a fresh
-// process is already the only time the p99 misses 50 ms). Grown with the
-// database, the cache takes on memory a little at a time, and only once
-// the indexes need it: a new database's indexes fit in 2 MiB for its first
-// ten thousand alerts or so.
+// up to a power of two), and on a fresh process each is new memory that
+// must be faulted in. A burst on a new database would fill a 16 MiB cache
+// within seconds, putting thousands of page faults in the writer, the
+// service's one serial step, when a fresh process can least afford them.
+// Grown with the database, the cache takes on memory a little at a time,
+// and only once the indexes need it: a new database's indexes fit in 2 MiB
+// for its first ten thousand alerts or so.
 type cacheConfig struct {
 	// minKiB is the cache at start, maxKiB the most it grows to.
 	minKiB, maxKiB int
