@@ -33,7 +33,7 @@ type receiptResponse struct {
 	Source     string             `json:"source"`
 	ReceivedAt time.Time          `json:"received_at"`
 	Alerts     []receiptAlertJSON `json:"alerts"`
-	Jobs       []jobJSON          `json:"jobs"`
+	Jobs       []jobDetailJSON    `json:"jobs"`
 	Actions    []actionJSON       `json:"actions"`
 }
 
@@ -60,24 +60,30 @@ type decisionRecordJSON struct {
 	CreatedAt  time.Time     `json:"created_at"`
 }
 
-// jobJSON is a job of a receipt with its attempt history.
+// jobJSON is a store.Job.
 type jobJSON struct {
-	ID         int64         `json:"id"`
-	AlertID    string        `json:"alert_id"`
-	Source     string        `json:"source"`
-	Device     alert.Device  `json:"device"`
-	Scan       string        `json:"scan"`
-	Comment    string        `json:"comment"`
-	Attempts   int           `json:"attempts"`
-	State      string        `json:"state"`
-	CreatedAt  time.Time     `json:"created_at"`
-	LastError  string        `json:"last_error,omitempty"`
-	MachineID  string        `json:"machine_id,omitempty"`
-	Calling    bool          `json:"calling"`
-	LeaseUntil time.Time     `json:"lease_until,omitzero"`
-	UpdatedAt  time.Time     `json:"updated_at"`
-	ActionID   string        `json:"action_id,omitempty"`
-	History    []attemptJSON `json:"history"`
+	ID         int64        `json:"id"`
+	AlertID    string       `json:"alert_id"`
+	Source     string       `json:"source"`
+	Device     alert.Device `json:"device"`
+	Scan       string       `json:"scan"`
+	Comment    string       `json:"comment"`
+	Attempts   int          `json:"attempts"`
+	State      string       `json:"state"`
+	CreatedAt  time.Time    `json:"created_at"`
+	LastError  string       `json:"last_error,omitempty"`
+	MachineID  string       `json:"machine_id,omitempty"`
+	Calling    bool         `json:"calling"`
+	LeaseUntil time.Time    `json:"lease_until,omitzero"`
+}
+
+// jobDetailJSON is a job of a receipt with its attempt history; the job's
+// fields come first, at the top level.
+type jobDetailJSON struct {
+	jobJSON
+	UpdatedAt time.Time     `json:"updated_at"`
+	ActionID  string        `json:"action_id,omitempty"`
+	History   []attemptJSON `json:"history"`
 }
 
 type attemptJSON struct {
@@ -103,7 +109,7 @@ type scansResponse struct {
 	Scans []scanJSON `json:"scans"`
 }
 
-// scanJSON is one decision of the audit trail (see store.ScanRecord).
+// scanJSON is one decision of the audit trail.
 type scanJSON struct {
 	Time           time.Time     `json:"time"`
 	AlertID        string        `json:"alert_id"`
@@ -169,83 +175,29 @@ func receiptAlertBody(a store.ReceiptAlert) receiptAlertJSON {
 	}
 }
 
-func decisionRecordBody(d store.DecisionRecord) decisionRecordJSON {
-	return decisionRecordJSON{
-		AlertID:    d.AlertID,
-		Device:     d.Device,
-		Rule:       d.Rule,
-		Scan:       d.Scan,
-		Comment:    d.Comment,
-		Status:     d.Status,
-		Reason:     d.Reason,
-		RuleReason: d.RuleReason,
-		Cooldown:   d.Cooldown,
-		DryRun:     d.DryRun,
-		JobID:      d.JobID,
-		CreatedAt:  d.CreatedAt,
+// decisionRecordBody, jobBody, attemptBody, actionBody and scanBody use Go
+// struct conversions: each wire type lists its store type's fields with the
+// same names and types in the same order, so a field added to or changed in
+// the store stops the build here rather than silently reaching the API or
+// dropping out of it.
+
+func decisionRecordBody(d store.DecisionRecord) decisionRecordJSON { return decisionRecordJSON(d) }
+
+func jobBody(j store.JobDetail) jobDetailJSON {
+	return jobDetailJSON{
+		jobJSON:   jobJSON(j.Job),
+		UpdatedAt: j.UpdatedAt,
+		ActionID:  j.ActionID,
+		History:   convertAll(j.History, attemptBody),
 	}
 }
 
-func jobBody(j store.JobDetail) jobJSON {
-	return jobJSON{
-		ID:         j.ID,
-		AlertID:    j.AlertID,
-		Source:     j.Source,
-		Device:     j.Device,
-		Scan:       j.Scan,
-		Comment:    j.Comment,
-		Attempts:   j.Attempts,
-		State:      j.State,
-		CreatedAt:  j.CreatedAt,
-		LastError:  j.LastError,
-		MachineID:  j.MachineID,
-		Calling:    j.Calling,
-		LeaseUntil: j.LeaseUntil,
-		UpdatedAt:  j.UpdatedAt,
-		ActionID:   j.ActionID,
-		History:    convertAll(j.History, attemptBody),
-	}
-}
+func attemptBody(a store.Attempt) attemptJSON { return attemptJSON(a) }
 
-func attemptBody(a store.Attempt) attemptJSON {
-	return attemptJSON{Attempt: a.Attempt, At: a.At, Owner: a.Owner, Outcome: a.Outcome, Error: a.Error}
-}
-
-func actionBody(a store.Action) actionJSON {
-	return actionJSON{
-		ID:           a.ID,
-		JobID:        a.JobID,
-		MachineID:    a.MachineID,
-		Status:       a.Status,
-		CreatedAt:    a.CreatedAt,
-		UpdatedAt:    a.UpdatedAt,
-		LastPolledAt: a.LastPolledAt,
-	}
-}
+func actionBody(a store.Action) actionJSON { return actionJSON(a) }
 
 func scansBody(recs []store.ScanRecord) scansResponse {
 	return scansResponse{Scans: convertAll(recs, scanBody)}
 }
 
-func scanBody(r store.ScanRecord) scanJSON {
-	return scanJSON{
-		Time:           r.Time,
-		AlertID:        r.AlertID,
-		Source:         r.Source,
-		Receipt:        r.Receipt,
-		Device:         r.Device,
-		Rule:           r.Rule,
-		Scan:           r.Scan,
-		Status:         r.Status,
-		DecisionStatus: r.DecisionStatus,
-		JobState:       r.JobState,
-		ActionStatus:   r.ActionStatus,
-		Reason:         r.Reason,
-		JobID:          r.JobID,
-		ActionID:       r.ActionID,
-		MachineID:      r.MachineID,
-		Attempts:       r.Attempts,
-		LastError:      r.LastError,
-		UpdatedAt:      r.UpdatedAt,
-	}
-}
+func scanBody(r store.ScanRecord) scanJSON { return scanJSON(r) }
