@@ -47,7 +47,7 @@ func (a *api) receipt(c *echo.Context) error {
 	if err != nil {
 		return &storeError{op: "read receipt " + id, err: err}
 	}
-	return c.JSON(http.StatusOK, det)
+	return c.JSON(http.StatusOK, receiptBody(det))
 }
 
 // scanStatuses are the values ?status= may take: decision statuses, job
@@ -71,7 +71,7 @@ func (a *api) scans(c *echo.Context) error {
 	if err != nil {
 		return &storeError{op: "list scans", err: err}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"scans": recs})
+	return c.JSON(http.StatusOK, scansBody(recs))
 }
 
 func parseScanQuery(params map[string][]string) (store.ScanQuery, error) {

@@ -79,7 +79,7 @@ func TestScansQuery(t *testing.T) {
 			t.Fatalf("%s: %d %s", src, r.status, r.body)
 		}
 	}
-	list := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans", apiToken)).Scans
+	list := decodeJSON[scansResponse](t, e.get("/v1/scans", apiToken)).Scans
 	if len(list) < 3 {
 		t.Fatalf("scans = %d records", len(list))
 	}
@@ -88,19 +88,19 @@ func TestScansQuery(t *testing.T) {
 			t.Errorf("scans not newest first at %d", i)
 		}
 	}
-	if got := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?limit=1", apiToken)).Scans; len(got) != 1 || got[0].AlertID != list[0].AlertID {
+	if got := decodeJSON[scansResponse](t, e.get("/v1/scans?limit=1", apiToken)).Scans; len(got) != 1 || got[0].AlertID != list[0].AlertID {
 		t.Errorf("limit=1 gave %+v, want the newest", got)
 	}
 	// Device filters accept either case and a trailing dot.
-	got := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?device=111E6DD8C833C8A052EA231EC1B19ADAF497B625", apiToken)).Scans
+	got := decodeJSON[scansResponse](t, e.get("/v1/scans?device=111E6DD8C833C8A052EA231EC1B19ADAF497B625", apiToken)).Scans
 	if len(got) != 1 || got[0].Source != domain.SourceDefender {
 		t.Errorf("device filter gave %+v", got)
 	}
-	got = decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?device=TEMPDNS.&status=QUEUED", apiToken)).Scans
+	got = decodeJSON[scansResponse](t, e.get("/v1/scans?device=TEMPDNS.&status=QUEUED", apiToken)).Scans
 	if len(got) != 1 || got[0].Source != domain.SourceGraph {
 		t.Errorf("dns filter gave %+v", got)
 	}
-	if got := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?status=dead", apiToken)).Scans; len(got) != 0 {
+	if got := decodeJSON[scansResponse](t, e.get("/v1/scans?status=dead", apiToken)).Scans; len(got) != 0 {
 		t.Errorf("status=dead gave %d records", len(got))
 	}
 }

@@ -24,22 +24,6 @@ const (
 	routeExplain = "/v1/explain/:source"
 )
 
-// webhookResponse is the 202 body of the webhook contract (README, "HTTP API").
-type webhookResponse struct {
-	Receipt   string         `json:"receipt"`
-	Duplicate bool           `json:"duplicate"`
-	Decisions []decisionJSON `json:"decisions"`
-}
-
-type decisionJSON struct {
-	AlertID string        `json:"alert_id"`
-	Device  *alert.Device `json:"device"`
-	Rule    string        `json:"rule"`
-	Scan    string        `json:"scan"`
-	Status  string        `json:"status"`
-	Reason  string        `json:"reason"`
-}
-
 // explainResponse is what POST /v1/explain/{source} answers.
 type explainResponse struct {
 	Source string `json:"source"`
@@ -247,16 +231,14 @@ func (a *api) webhook(c *echo.Context) error {
 	accepted = true
 
 	a.metrics.received.WithLabelValues(src.name).Add(float64(len(alerts)))
-	out := webhookResponse{Receipt: res.Receipt, Duplicate: res.Duplicate, Decisions: make([]decisionJSON, len(res.Decisions))}
-	for i, o := range res.Decisions {
-		out.Decisions[i] = decisionJSON{AlertID: o.AlertID, Device: o.Device, Rule: o.Rule, Scan: o.Scan, Status: o.Status, Reason: o.Reason}
+	for _, o := range res.Decisions {
 		rule := o.Rule
 		if rule == "" {
 			rule = "none"
 		}
 		a.metrics.decisions.WithLabelValues(rule, o.Scan, o.Status).Inc()
 	}
-	return c.JSON(http.StatusAccepted, out)
+	return c.JSON(http.StatusAccepted, webhookBody(res))
 }
 
 // explain is POST /v1/explain/{source}: decode and evaluate, store

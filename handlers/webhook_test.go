@@ -68,7 +68,7 @@ func TestWebhookSamples(t *testing.T) {
 			if rr.status != http.StatusOK {
 				t.Fatalf("receipt: %d %s", rr.status, rr.body)
 			}
-			det := decodeJSON[store.ReceiptDetail](t, rr)
+			det := decodeJSON[receiptResponse](t, rr)
 			if det.Receipt != got.Receipt || det.Source != src || len(det.Alerts) != len(alerts) {
 				t.Errorf("receipt detail: receipt %s source %s alerts %d, want %d", det.Receipt, det.Source, len(det.Alerts), len(alerts))
 			}
@@ -93,8 +93,8 @@ func TestWebhookSamples(t *testing.T) {
 				if sr.status != http.StatusOK {
 					t.Fatalf("scans: %d %s", sr.status, sr.body)
 				}
-				list := decodeJSON[struct{ Scans []store.ScanRecord }](t, sr)
-				if !slices.ContainsFunc(list.Scans, func(s store.ScanRecord) bool {
+				list := decodeJSON[scansResponse](t, sr)
+				if !slices.ContainsFunc(list.Scans, func(s scanJSON) bool {
 					return s.Receipt == got.Receipt && s.AlertID == d.AlertID
 				}) {
 					t.Errorf("scans for %s do not list receipt %s: %s", dev, got.Receipt, sr.body)
@@ -121,7 +121,7 @@ func TestRedeliveryIsDuplicate(t *testing.T) {
 		t.Errorf("redelivered decisions %+v differ from the first %+v", again.Decisions, first.Decisions)
 	}
 	// Nothing new was queued.
-	list := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans?status=queued", apiToken))
+	list := decodeJSON[scansResponse](t, e.get("/v1/scans?status=queued", apiToken))
 	if len(list.Scans) != 1 {
 		t.Errorf("queued scans after redelivery = %d, want 1", len(list.Scans))
 	}
@@ -156,7 +156,7 @@ func TestExplainStoresNothing(t *testing.T) {
 		!strings.Contains(d.Comment, "da637472900382838869_1364969609") || d.Reason == "" || d.Cooldown != "1h0m0s" {
 		t.Errorf("decision = %+v", d)
 	}
-	list := decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans", apiToken))
+	list := decodeJSON[scansResponse](t, e.get("/v1/scans", apiToken))
 	if len(list.Scans) != 0 {
 		t.Errorf("explain stored %d decisions", len(list.Scans))
 	}
@@ -237,7 +237,7 @@ func TestWebhookRejects(t *testing.T) {
 			}
 		})
 	}
-	if n := len(decodeJSON[struct{ Scans []store.ScanRecord }](t, e.get("/v1/scans", apiToken)).Scans); n != 0 {
+	if n := len(decodeJSON[scansResponse](t, e.get("/v1/scans", apiToken)).Scans); n != 0 {
 		t.Errorf("rejected requests stored %d decisions", n)
 	}
 }

@@ -125,42 +125,42 @@ type DecisionInput struct {
 
 // IngestResult is the answer to a delivery.
 type IngestResult struct {
-	Receipt   string            `json:"receipt"`
-	Duplicate bool              `json:"duplicate"`
-	Decisions []DecisionOutcome `json:"decisions"`
+	Receipt   string
+	Duplicate bool
+	Decisions []DecisionOutcome
 }
 
 // DecisionOutcome is the finalized decision for one (alert, device).
 type DecisionOutcome struct {
-	AlertID string        `json:"alert_id"`
-	Device  *alert.Device `json:"device"`
-	Rule    string        `json:"rule"`
-	Scan    string        `json:"scan"`
-	Status  string        `json:"status"`
-	Reason  string        `json:"reason"`
+	AlertID string
+	Device  *alert.Device
+	Rule    string
+	Scan    string
+	Status  string
+	Reason  string
 	// JobID is the job this decision created or upgraded (0: none).
-	JobID int64 `json:"job_id,omitempty"`
+	JobID int64
 }
 
 // Job is a scan job as the dispatcher sees it.
 type Job struct {
-	ID        int64        `json:"id"`
-	AlertID   string       `json:"alert_id"`
-	Source    string       `json:"source"`
-	Device    alert.Device `json:"device"`
-	Scan      string       `json:"scan"`
-	Comment   string       `json:"comment"`
-	Attempts  int          `json:"attempts"` // claims so far, this one included
-	State     string       `json:"state"`
-	CreatedAt time.Time    `json:"created_at"`
-	LastError string       `json:"last_error,omitempty"`
+	ID        int64
+	AlertID   string
+	Source    string
+	Device    alert.Device
+	Scan      string
+	Comment   string
+	Attempts  int // claims so far, this one included
+	State     string
+	CreatedAt time.Time
+	LastError string
 	// MachineID is the resolved Defender machine id, once known.
-	MachineID string `json:"machine_id,omitempty"`
+	MachineID string
 	// Calling: a previous attempt was marked as calling Defender and may
 	// have reached it; the dispatcher must look for an existing action
 	// before calling again.
-	Calling    bool      `json:"calling"`
-	LeaseUntil time.Time `json:"lease_until,omitzero"`
+	Calling    bool
+	LeaseUntil time.Time
 }
 
 // JobResult is the outcome of one attempt at a job.
@@ -195,13 +195,13 @@ type JobResult struct {
 
 // Action is a Defender machine action scanhook tracks.
 type Action struct {
-	ID           string    `json:"id"`
-	JobID        int64     `json:"job_id"`
-	MachineID    string    `json:"machine_id"`
-	Status       string    `json:"status"`
-	CreatedAt    time.Time `json:"created_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
-	LastPolledAt time.Time `json:"last_polled_at,omitzero"`
+	ID           string
+	JobID        int64
+	MachineID    string
+	Status       string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	LastPolledAt time.Time
 }
 
 // ActionUpdate is a polled action status.
@@ -212,13 +212,13 @@ type ActionUpdate struct {
 
 // Stats summarizes the queue.
 type Stats struct {
-	JobsByState map[string]int64 `json:"jobs_by_state"`
+	JobsByState map[string]int64
 	// QueueDepth counts jobs due now (claimable); waiting jobs are not due
 	// and show only under JobsByState["waiting"].
-	QueueDepth int64 `json:"queue_depth"`
+	QueueDepth int64
 	// OldestDue is how long the oldest due job has been due (0: none).
-	OldestDue   time.Duration `json:"oldest_due"`
-	OpenActions int64         `json:"open_actions"`
+	OldestDue   time.Duration
+	OpenActions int64
 }
 
 // ScanQuery filters the audit trail.
@@ -240,75 +240,75 @@ type ScanQuery struct {
 // created one, else the job's state when a job exists, else the decision's
 // status. The three stages are also given separately.
 type ScanRecord struct {
-	Time           time.Time     `json:"time"`
-	AlertID        string        `json:"alert_id"`
-	Source         string        `json:"source"`
-	Receipt        string        `json:"receipt"`
-	Device         *alert.Device `json:"device"`
-	Rule           string        `json:"rule"`
-	Scan           string        `json:"scan"`
-	Status         string        `json:"status"`
-	DecisionStatus string        `json:"decision_status"`
-	JobState       string        `json:"job_state,omitempty"`
-	ActionStatus   string        `json:"action_status,omitempty"`
-	Reason         string        `json:"reason"`
-	JobID          int64         `json:"job_id,omitempty"`
-	ActionID       string        `json:"action_id,omitempty"`
-	MachineID      string        `json:"machine_id,omitempty"`
-	Attempts       int           `json:"attempts,omitempty"`
-	LastError      string        `json:"last_error,omitempty"`
-	UpdatedAt      time.Time     `json:"updated_at"`
+	Time           time.Time
+	AlertID        string
+	Source         string
+	Receipt        string
+	Device         *alert.Device
+	Rule           string
+	Scan           string
+	Status         string
+	DecisionStatus string
+	JobState       string
+	ActionStatus   string
+	Reason         string
+	JobID          int64
+	ActionID       string
+	MachineID      string
+	Attempts       int
+	LastError      string
+	UpdatedAt      time.Time
 }
 
-// ReceiptDetail is everything a receipt covers (served as-is by
-// GET /v1/receipts/{id}).
+// ReceiptDetail is everything a receipt covers (what GET /v1/receipts/{id}
+// answers, in the handlers' wire format).
 type ReceiptDetail struct {
-	Receipt    string         `json:"receipt"`
-	Source     string         `json:"source"`
-	ReceivedAt time.Time      `json:"received_at"`
-	Alerts     []ReceiptAlert `json:"alerts"`
-	Jobs       []JobDetail    `json:"jobs"`
-	Actions    []Action       `json:"actions"`
+	Receipt    string
+	Source     string
+	ReceivedAt time.Time
+	Alerts     []ReceiptAlert
+	Jobs       []JobDetail
+	Actions    []Action
 }
 
 // ReceiptAlert is one alert of a receipt with its decisions.
 type ReceiptAlert struct {
-	Alert      alert.Alert      `json:"alert"`
-	Raw        json.RawMessage  `json:"raw"`
-	ReceivedAt time.Time        `json:"received_at"`
-	Receipt    string           `json:"first_receipt"`
-	Decisions  []DecisionRecord `json:"decisions"`
+	Alert      alert.Alert
+	Raw        json.RawMessage
+	ReceivedAt time.Time
+	Receipt    string
+	Decisions  []DecisionRecord
 }
 
 // DecisionRecord is a stored decision.
 type DecisionRecord struct {
-	AlertID    string        `json:"alert_id"`
-	Device     *alert.Device `json:"device"`
-	Rule       string        `json:"rule"`
-	Scan       string        `json:"scan"`
-	Comment    string        `json:"comment,omitempty"`
-	Status     string        `json:"status"`
-	Reason     string        `json:"reason"`
-	RuleReason string        `json:"rule_reason,omitempty"`
-	Cooldown   string        `json:"cooldown,omitempty"`
-	DryRun     bool          `json:"dry_run,omitempty"`
-	JobID      int64         `json:"job_id,omitempty"`
-	CreatedAt  time.Time     `json:"created_at"`
+	AlertID    string
+	Device     *alert.Device
+	Rule       string
+	Scan       string
+	Comment    string
+	Status     string
+	Reason     string
+	RuleReason string
+	Cooldown   string
+	DryRun     bool
+	JobID      int64
+	CreatedAt  time.Time
 }
 
 // JobDetail is a job with its attempt history.
 type JobDetail struct {
 	Job
-	UpdatedAt time.Time `json:"updated_at"`
-	ActionID  string    `json:"action_id,omitempty"`
-	History   []Attempt `json:"history"`
+	UpdatedAt time.Time
+	ActionID  string
+	History   []Attempt
 }
 
 // Attempt is one recorded attempt outcome.
 type Attempt struct {
-	Attempt int       `json:"attempt"`
-	At      time.Time `json:"at"`
-	Owner   string    `json:"owner"`
-	Outcome string    `json:"outcome"`
-	Error   string    `json:"error,omitempty"`
+	Attempt int
+	At      time.Time
+	Owner   string
+	Outcome string
+	Error   string
 }
