@@ -68,6 +68,10 @@ func (a *api) authenticate(c *echo.Context, src *source) (auth, error) {
 	if src.bearer != nil && tok != "" && tokenEqual(tok, src.bearer) {
 		return auth{}, nil
 	}
+	entraOK, entraErr := a.checkEntra(c, src, tok) // entra.go
+	if entraOK {
+		return auth{}, nil
+	}
 	qtok, hasQuery := req.URL.Query()["token"]
 	presented = presented || hasQuery
 	if src.query != nil && len(qtok) == 1 && qtok[0] != "" && tokenEqual(qtok[0], src.query) {
@@ -75,7 +79,11 @@ func (a *api) authenticate(c *echo.Context, src *source) (auth, error) {
 	}
 	sig := req.Header.Values(SignatureHeader)
 	if src.hmac != nil && len(sig) > 0 {
-		return a.checkSignature(c, src, sig)
+		au, err := a.checkSignature(c, src, sig)
+		return au, preferEntraError(err, entraErr)
+	}
+	if entraErr != nil {
+		return auth{}, entraErr
 	}
 	return auth{}, errUnauthorized(!presented && len(sig) == 0)
 }

@@ -48,6 +48,9 @@ type Error struct {
 	// RetryAfter, when positive, is sent as Retry-After (whole seconds,
 	// rounded up).
 	RetryAfter time.Duration
+	// Challenge, when set on a 401, replaces the default WWW-Authenticate
+	// (an RFC 6750 error="invalid_token" for a refused Entra ID token).
+	Challenge string
 	// Err is the cause, logged but never sent.
 	Err error
 }
@@ -152,7 +155,11 @@ func writeProblem(c *echo.Context, err error, requestID string) *Error {
 	h.Set(echo.HeaderContentType, echo.MIMEApplicationProblemJSON)
 	h.Set("Cache-Control", "no-store")
 	if pe.Status == http.StatusUnauthorized {
-		h.Set("WWW-Authenticate", `Bearer realm="scanhook"`)
+		if pe.Challenge != "" {
+			h.Set("WWW-Authenticate", pe.Challenge)
+		} else {
+			h.Set("WWW-Authenticate", `Bearer realm="scanhook"`)
+		}
 	}
 	if pe.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.FormatInt(int64((pe.RetryAfter+time.Second-1)/time.Second), 10))

@@ -62,6 +62,9 @@ type Source struct {
 	// Alert holds the decoder options (the generic mapping, Alertmanager
 	// labels); usually Config.AlertOptions() for every source.
 	Alert alert.Options
+	// Entra, when set, accepts Entra ID access tokens as this source's
+	// bearer token (sources.<name>.auth.entra); it counts as a credential.
+	Entra EntraVerifier
 }
 
 // Deps is everything the HTTP layer uses.
@@ -124,6 +127,7 @@ type source struct {
 	query  *[sha256.Size]byte
 	hmac   []byte
 	opts   alert.Options
+	entra  EntraVerifier
 }
 
 // New builds the HTTP handler. It refuses a source that is not one of
@@ -188,7 +192,7 @@ func New(deps Deps) (*echo.Echo, error) {
 			return nil, fmt.Errorf("handlers: source %q is not one of %s", name, strings.Join(domain.Sources(), ", "))
 		}
 		sec := s.Secrets
-		if !sec.NoAuth && len(sec.Bearer) == 0 && len(sec.HMAC) == 0 && len(sec.Query) == 0 {
+		if !sec.NoAuth && len(sec.Bearer) == 0 && len(sec.HMAC) == 0 && len(sec.Query) == 0 && s.Entra == nil {
 			return nil, fmt.Errorf("handlers: source %q has no credential and is not insecure_no_auth", name)
 		}
 		if name == domain.SourceGeneric {
@@ -199,7 +203,7 @@ func New(deps Deps) (*echo.Echo, error) {
 				return nil, fmt.Errorf("handlers: source %q: mapping: %w", name, err)
 			}
 		}
-		src := &source{name: name, noAuth: sec.NoAuth, opts: s.Alert}
+		src := &source{name: name, noAuth: sec.NoAuth, opts: s.Alert, entra: s.Entra}
 		if len(sec.Bearer) > 0 {
 			h := sha256.Sum256(sec.Bearer)
 			src.bearer = &h

@@ -14,6 +14,9 @@ type metrics struct {
 	rejected  *prometheus.CounterVec
 	decisions *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	// entraRejected counts refused Entra ID tokens by check (the reasons
+	// of internal/entraauth), which the rejected series lumps together.
+	entraRejected *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,8 +38,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "HTTP request duration by route template, method and status code.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route", "method", "code"}),
+		entraRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scanhook_entra_token_rejected_total",
+			Help: "Entra ID tokens refused on a webhook, by source and failed check (audience, issuer, expired, role, unavailable, ...).",
+		}, []string{"source", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.received, m.rejected, m.decisions, m.duration} {
+	for _, c := range []prometheus.Collector{m.received, m.rejected, m.decisions, m.duration, m.entraRejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register HTTP metrics: %w", err)
 		}

@@ -190,6 +190,10 @@ func printBanner(w io.Writer, sim *defendersim.Server, caFile, secretFile string
   client secret file: %[4]s
   CA certificate:     %[5]s  (trust it with SSL_CERT_FILE)
   admin token:        %[6]s  (Authorization: Bearer ... on %[1]s/admin/{faults,outcome,requests,actions,stats,machines})
+  sender tokens:      Entra ID issuer for webhook senders: metadata %[1]s/%[2]s/.well-known/openid-configuration (v1)
+                      and %[1]s/%[2]s/v2.0/.well-known/openid-configuration (v2); mint with
+                      POST %[1]s/admin/entra/token {"audience":"api://scanhook","client_id":"...","roles":["Alerts.Submit"]},
+                      rotate the signing key with POST %[1]s/admin/entra/rotate
   actions:            Pending %[7]v, InProgress %[8]v, then %[9]s
   rate limits:        %[10]d per sliding minute, %[11]d per sliding hour, per application and family
 

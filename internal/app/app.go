@@ -162,10 +162,17 @@ func Run(ctx context.Context, cfg *config.Config, env Env, hooks Hooks) error {
 		return fmt.Errorf("dispatcher: %w", err)
 	}
 
+	// Entra ID key sets refresh in the background until the service stops.
+	entraCtx, stopEntra := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEntra()
+	entra, entraProv, err := entraVerifiers(entraCtx, cfg, hooks.Transport, logger)
+	if err != nil {
+		return fmt.Errorf("entra id: %w", err)
+	}
 	alertOpts := cfg.AlertOptions()
 	sources := make(map[string]handlers.Source, len(secrets))
 	for name, sec := range secrets {
-		sources[name] = handlers.Source{Secrets: sec, Alert: alertOpts}
+		sources[name] = handlers.Source{Secrets: sec, Alert: alertOpts, Entra: entra[name]}
 	}
 	var ingestLimiter *rate.Limiter
 	if cfg.Server.IngestPerSecond > 0 {
@@ -199,6 +206,9 @@ func Run(ctx context.Context, cfg *config.Config, env Env, hooks Hooks) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	go holder.Watch(bg, rulesPollInterval, hup)
+	if entraProv != nil {
+		go entraProv.Warm() // the first delivery need not wait for the keys
+	}
 	dispDone := make(chan error, 1)
 	go func() { dispDone <- disp.Run(bg) }()
 	srvDone := make(chan error, 1)

@@ -72,10 +72,29 @@ type Source struct {
 
 // Auth names where a source's credentials are. Each may instead come from
 // the environment: SCANHOOK_<SOURCE>_BEARER_TOKEN, _HMAC_SECRET, _QUERY_TOKEN.
+// Entra accepts Entra ID access tokens (no secret at all); any one of the
+// configured methods passing authenticates a request.
 type Auth struct {
 	BearerTokenFile string `yaml:"bearer_token_file"`
 	HMACSecretFile  string `yaml:"hmac_secret_file"`
 	QueryTokenFile  string `yaml:"query_token_file"`
+	Entra           *Entra `yaml:"entra"`
+}
+
+// Entra is what an Entra ID access token must show to authenticate a
+// source (docs/entra-id.md). The metadata and keys come from the
+// defender.authority_host (or defender.cloud's authority).
+type Entra struct {
+	// TenantIDs allow-lists the token's tid (GUIDs).
+	TenantIDs []string `yaml:"tenant_ids"`
+	// Audiences are scanhook's app ID URI and/or client id; aud must be one.
+	Audiences []string `yaml:"audiences"`
+	// AllowedClientIDs are the calling apps' appid (v1) / azp (v2).
+	AllowedClientIDs []string `yaml:"allowed_client_ids"`
+	// AllowedObjectIDs are callers' oid (a managed identity's object id).
+	AllowedObjectIDs []string `yaml:"allowed_object_ids"`
+	// RequiredRoles must all be in the token's roles (e.g. Alerts.Submit).
+	RequiredRoles []string `yaml:"required_roles"`
 }
 
 // Server tunes the HTTP listener.
@@ -331,7 +350,10 @@ func (v *validator) check(c *Config) {
 			v.errs = append(v.errs, yamlpos.At(v.file, keyNodeAt(v.root, p), "%s", msg))
 			continue
 		}
-		hasAuth := s.Auth.BearerTokenFile != "" || s.Auth.HMACSecretFile != "" || s.Auth.QueryTokenFile != ""
+		hasAuth := s.Auth.BearerTokenFile != "" || s.Auth.HMACSecretFile != "" || s.Auth.QueryTokenFile != "" || s.Auth.Entra != nil
+		if s.Auth.Entra != nil {
+			v.checkEntra(append(p, "auth", "entra"), name, s.Auth.Entra)
+		}
 		if s.InsecureNoAuth && hasAuth {
 			v.errorf(append(p, "insecure_no_auth"), "sources.%s: insecure_no_auth with auth configured is contradictory; remove one", name)
 		}
@@ -412,6 +434,52 @@ func loopbackListen(listen string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// checkEntra refuses an entra block that would accept more than its author
+// meant: every list holds GUIDs or non-empty values, tenants and audiences
+// are required, and some caller restriction (client ids, object ids or
+// roles) is required, since any app in an allowed tenant can get a token
+// for scanhook's audience.
+func (v *validator) checkEntra(p []string, name string, e *Entra) {
+	key := "sources." + name + ".auth.entra"
+	at := func(k string) []string { return append(slices.Clone(p), k) }
+	if len(e.TenantIDs) == 0 {
+		v.errorf(at("tenant_ids"), "%s.tenant_ids: list the tenant ids whose tokens are accepted", key)
+	}
+	for _, t := range e.TenantIDs {
+		if !guidRE.MatchString(t) {
+			v.errorf(at("tenant_ids"), "%s.tenant_ids: %q is not a tenant id (a GUID; common and organizations are not accepted)", key, t)
+		}
+	}
+	if len(e.Audiences) == 0 {
+		v.errorf(at("audiences"), "%s.audiences: list scanhook's app ID URI and/or client id", key)
+	}
+	for _, a := range e.Audiences {
+		if strings.TrimSpace(a) == "" || strings.ContainsAny(a, " \t\r\n") {
+			v.errorf(at("audiences"), "%s.audiences: %q is not an app ID URI or client id", key, a)
+		}
+	}
+	for _, f := range []struct {
+		k   string
+		ids []string
+	}{{"allowed_client_ids", e.AllowedClientIDs}, {"allowed_object_ids", e.AllowedObjectIDs}} {
+		for _, id := range f.ids {
+			if !guidRE.MatchString(id) {
+				v.errorf(at(f.k), "%s.%s: %q is not a GUID", key, f.k, id)
+			}
+		}
+	}
+	for _, r := range e.RequiredRoles {
+		if strings.TrimSpace(r) == "" || strings.ContainsAny(r, " \t\r\n") {
+			v.errorf(at("required_roles"), "%s.required_roles: %q is not an app role value", key, r)
+		}
+	}
+	if len(e.AllowedClientIDs) == 0 && len(e.AllowedObjectIDs) == 0 && len(e.RequiredRoles) == 0 {
+		v.errorf(p, "%s: set allowed_client_ids, allowed_object_ids or required_roles; otherwise any app in the tenant could send alerts", key)
+	}
+}
+
+var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
 // nodeAt finds the value node at a key path, or the deepest one found.
 func nodeAt(root *yaml.Node, path []string) *yaml.Node {
 	n := docRoot(root)
@@ -487,8 +555,8 @@ func (c *Config) Secrets(getenv func(string) string, readFile func(string) ([]by
 			errs = append(errs, fmt.Errorf("sources.%s.auth.query_token_file: %w", name, err))
 		}
 		sec.NoAuth = s.InsecureNoAuth
-		if !sec.NoAuth && sec.Bearer == nil && sec.HMAC == nil && sec.Query == nil {
-			errs = append(errs, fmt.Errorf("sources.%s: no credential configured: set auth.bearer_token_file, auth.hmac_secret_file or auth.query_token_file (or %sBEARER_TOKEN), or insecure_no_auth: true", name, prefix))
+		if !sec.NoAuth && sec.Bearer == nil && sec.HMAC == nil && sec.Query == nil && s.Auth.Entra == nil {
+			errs = append(errs, fmt.Errorf("sources.%s: no credential configured: set auth.entra, auth.bearer_token_file, auth.hmac_secret_file or auth.query_token_file (or %sBEARER_TOKEN), or insecure_no_auth: true", name, prefix))
 		}
 		out[name] = sec
 	}

@@ -117,6 +117,38 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"value": s.Machines()})
+	case "/admin/entra/token":
+		if !method(http.MethodPost) {
+			return
+		}
+		var in adminSenderToken
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			writeAPIError(w, http.StatusBadRequest, "InvalidRequestBody", "token: "+err.Error(), corr)
+			return
+		}
+		spec, err := in.spec(s.now())
+		if err != nil {
+			writeAPIError(w, http.StatusBadRequest, "InvalidInput", err.Error(), corr)
+			return
+		}
+		tok, err := s.MintSenderToken(spec)
+		if err != nil {
+			writeAPIError(w, http.StatusBadRequest, "InvalidInput", err.Error(), corr)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"token_type": "Bearer", "access_token": tok})
+	case "/admin/entra/rotate":
+		if !method(http.MethodPost) {
+			return
+		}
+		kid, err := s.RotateSenderKey()
+		if err != nil {
+			writeAPIError(w, http.StatusInternalServerError, "InternalError", err.Error(), corr)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"kid": kid})
 	default:
 		writeAPIError(w, http.StatusNotFound, "NotFound", "unknown admin endpoint "+r.URL.Path, corr)
 	}
@@ -145,4 +177,47 @@ func (a adminFaults) faults() (Faults, error) {
 		}
 	}
 	return f, nil
+}
+
+// adminSenderToken is the JSON form of SenderToken for scripts and the demo:
+// times are offsets from now as Go durations ("-10m" for an expired token).
+type adminSenderToken struct {
+	Version     int      `json:"version"`
+	TenantID    string   `json:"tenant_id"`
+	Audience    string   `json:"audience"`
+	ClientID    string   `json:"client_id"`
+	ObjectID    string   `json:"object_id"`
+	Roles       []string `json:"roles"`
+	ExpiresIn   string   `json:"expires_in"`
+	NotBeforeIn string   `json:"not_before_in"`
+	Issuer      string   `json:"issuer"`
+	IDType      string   `json:"id_type"`
+	Scope       string   `json:"scope"`
+	Alg         string   `json:"alg"`
+	ForeignKey  bool     `json:"foreign_key"`
+}
+
+func (a adminSenderToken) spec(now time.Time) (SenderToken, error) {
+	t := SenderToken{Version: a.Version, TenantID: a.TenantID, Audience: a.Audience, ClientID: a.ClientID,
+		ObjectID: a.ObjectID, Roles: a.Roles, Issuer: a.Issuer, IDType: a.IDType, Scope: a.Scope, Alg: a.Alg,
+		ForeignKey: a.ForeignKey, IssuedAt: now}
+	if a.ExpiresIn != "" {
+		d, err := time.ParseDuration(a.ExpiresIn)
+		if err != nil {
+			return t, fmt.Errorf("expires_in %q is not a duration like 1h or -10m", a.ExpiresIn)
+		}
+		t.Expires = now.Add(d)
+		if d <= 0 {
+			// An expired token was issued before it expired.
+			t.IssuedAt = t.Expires.Add(-time.Hour)
+		}
+	}
+	if a.NotBeforeIn != "" {
+		d, err := time.ParseDuration(a.NotBeforeIn)
+		if err != nil {
+			return t, fmt.Errorf("not_before_in %q is not a duration like 10m", a.NotBeforeIn)
+		}
+		t.NotBefore = now.Add(d)
+	}
+	return t, nil
 }

@@ -49,29 +49,65 @@ func baseURL(r *http.Request) string {
 // serveEntra answers the Entra ID endpoints; false when the path is not one.
 func (s *Server) serveEntra(w http.ResponseWriter, r *http.Request, ri *reqInfo) bool {
 	segs := strings.Split(strings.TrimPrefix(r.URL.Path, "/"), "/")
-	switch {
-	case len(segs) == 4 && segs[1] == "v2.0" && segs[2] == ".well-known" && segs[3] == "openid-configuration":
-		s.openIDConfig(w, r, ri, segs[0])
-	case len(segs) == 4 && segs[1] == "oauth2" && segs[2] == "v2.0" && segs[3] == "token":
-		s.token(w, r, ri, segs[0])
-	case len(segs) == 4 && segs[1] == "discovery" && segs[2] == "v2.0" && segs[3] == "keys":
-		// The tokens are HMAC-signed: there is no public key to publish.
+	metadataOrKeys := func() bool {
 		if r.Method != http.MethodGet {
 			writeAADError(w, http.StatusMethodNotAllowed, "invalid_request", 900561, "The endpoint only accepts GET requests.", ri.corr)
-			return true
+			return false
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"keys": []any{}})
+		if s.issuerDown.Load() {
+			writeAADError(w, http.StatusServiceUnavailable, "temporarily_unavailable", 50196, "The server is temporarily unable to service the request. Try again later.", ri.corr)
+			return false
+		}
+		return true
+	}
+	switch {
+	case len(segs) == 4 && segs[1] == "v2.0" && segs[2] == ".well-known" && segs[3] == "openid-configuration":
+		if metadataOrKeys() {
+			s.openIDConfig(w, r, ri, segs[0])
+		}
+	case len(segs) == 3 && segs[1] == ".well-known" && segs[2] == "openid-configuration":
+		if metadataOrKeys() {
+			s.openIDConfigV1(w, r, ri, segs[0])
+		}
+	case len(segs) == 4 && segs[1] == "oauth2" && segs[2] == "v2.0" && segs[3] == "token":
+		s.token(w, r, ri, segs[0])
+	case len(segs) == 4 && segs[1] == "discovery" && segs[2] == "v2.0" && segs[3] == "keys",
+		len(segs) == 3 && segs[1] == "discovery" && segs[2] == "keys":
+		// The sender tokens' RS256 keys (sender.go). The Defender client's
+		// tokens are HMAC-signed and have no public key.
+		if metadataOrKeys() {
+			s.serveJWKS(w)
+		}
 	default:
 		return false
 	}
 	return true
 }
 
-func (s *Server) openIDConfig(w http.ResponseWriter, r *http.Request, ri *reqInfo, tenant string) {
-	if r.Method != http.MethodGet {
-		writeAADError(w, http.StatusMethodNotAllowed, "invalid_request", 900561, "The endpoint only accepts GET requests.", ri.corr)
+// openIDConfigV1 is the tenant's v1 metadata: Entra ID names the v1 issuer
+// after sts.windows.net whatever the authority host.
+func (s *Server) openIDConfigV1(w http.ResponseWriter, r *http.Request, ri *reqInfo, tenant string) {
+	if tenant != s.opts.TenantID {
+		writeAADError(w, http.StatusBadRequest, "invalid_tenant", 90002,
+			fmt.Sprintf("Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", tenant), ri.corr)
 		return
 	}
+	base := baseURL(r) + "/" + tenant
+	writeJSON(w, http.StatusOK, map[string]any{
+		"issuer":                                IssuerV1(tenant),
+		"authorization_endpoint":                base + "/oauth2/authorize",
+		"token_endpoint":                        base + "/oauth2/token",
+		"jwks_uri":                              base + "/discovery/keys",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},
+		"response_types_supported":              []string{"code", "id_token", "code id_token", "token id_token", "token"},
+		"subject_types_supported":               []string{"pairwise"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"tenant_region_scope":                   "NA",
+		"cloud_instance_name":                   "defender-sim",
+	})
+}
+
+func (s *Server) openIDConfig(w http.ResponseWriter, r *http.Request, ri *reqInfo, tenant string) {
 	if tenant != s.opts.TenantID {
 		writeAADError(w, http.StatusBadRequest, "invalid_tenant", 90002,
 			fmt.Sprintf("Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", tenant), ri.corr)

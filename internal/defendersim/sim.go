@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -186,6 +187,9 @@ type Server struct {
 	rec   *recorder
 	fault *faultInjector
 	stats *counters
+
+	senders    senderKeys
+	issuerDown atomic.Bool
 
 	mu       sync.Mutex
 	srv      *http.Server
