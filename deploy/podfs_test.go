@@ -112,6 +112,11 @@ func (p *podFS) ReadFile(name string) ([]byte, error) {
 			continue
 		}
 		if em.items == nil || em.items[path.Base(name)] {
+			if em.value == externalSecretValue {
+				// Each key of a real Secret holds its own value: two sources
+				// may not share one (config refuses it).
+				return []byte(em.value + "-" + path.Base(name)), nil
+			}
 			return []byte(em.value), nil
 		}
 	}

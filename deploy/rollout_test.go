@@ -91,25 +91,6 @@ func checkClosed(t *testing.T, path string, n *schemaNode) {
 
 var durationType = reflect.TypeFor[time.Duration]()
 
-// pendingSchemaKeys are config keys that exist but that values.schema.json
-// does not describe yet, by the struct they are in. Issue #18 added
-// sources.<name>.auth.entra while the chart's schema was owned elsewhere;
-// once the schema has the key this exemption has no effect, and it should
-// then be removed. Only a key missing from the schema is excused: a schema
-// key that config does not decode still fails.
-var pendingSchemaKeys = map[reflect.Type][]string{
-	reflect.TypeFor[config.Auth](): {"entra"},
-}
-
-func withoutPendingSchemaKeys(n *schemaNode, typ reflect.Type, want map[string]reflect.Type) map[string]reflect.Type {
-	for _, k := range pendingSchemaKeys[typ] {
-		if _, inSchema := n.Properties[k]; !inSchema {
-			delete(want, k)
-		}
-	}
-	return want
-}
-
 func compareSchema(t *testing.T, path string, n *schemaNode, typ reflect.Type) {
 	t.Helper()
 	for typ.Kind() == reflect.Pointer {
@@ -119,7 +100,7 @@ func compareSchema(t *testing.T, path string, n *schemaNode, typ reflect.Type) {
 	case typ == durationType:
 		return
 	case typ.Kind() == reflect.Struct:
-		want := withoutPendingSchemaKeys(n, typ, yamlKeys(typ))
+		want := yamlKeys(typ)
 		got, wantKeys := slices.Sorted(maps.Keys(n.Properties)), slices.Sorted(maps.Keys(want))
 		if !slices.Equal(got, wantKeys) {
 			t.Errorf("schema %s has keys %v, internal/config decodes %v", path, got, wantKeys)
