@@ -117,7 +117,9 @@ dispatch:
 	// from a job of these receipts, or from a call in flight at the stop:
 	// either is counted. The limiter lets perLong calls through per long
 	// window, so the scans take two long windows at least.
+	ingested := time.Now()
 	svc.waitSettled(t, 2*long+testutil.WaitTimeout, receipts)
+	settled := time.Since(ingested)
 	svc.stop(t)
 
 	st := sim.Stats()
@@ -132,5 +134,6 @@ dispatch:
 			t.Errorf("%s: %d calls in one short window (limit %d), %d in one long window (limit %d)", fam, fs.MaxPerMinute, perWindow, fs.MaxPerHour, perLong)
 		}
 	}
-	t.Logf("accepted %d alerts; %d scans; max per window: %+v", accepted.Load(), st.ScansCreated, st.Families)
+	t.Logf("accepted %d alerts; %d scans, all jobs settled %s after the last alert; max per window: %+v",
+		accepted.Load(), st.ScansCreated, settled.Round(10*time.Millisecond), st.Families)
 }
