@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // The API registration and Logic App identity of the Entra ID black-box
@@ -77,7 +78,7 @@ func TestEntraIDSenders(t *testing.T) {
 	s := startServer(t, be.env, "serve", "--config", be.cfgPath)
 	var addr string
 	listenRe := regexp.MustCompile(`"msg":"scanhook serving","addr":"([^"]+)"`)
-	waitFor(t, 20*time.Second, "serve to listen", func() bool {
+	testutil.WaitFor(t, "serve to listen", func() bool {
 		if m := listenRe.FindStringSubmatch(s.stderr.String()); m != nil {
 			addr = m[1]
 		}
@@ -102,7 +103,7 @@ func TestEntraIDSenders(t *testing.T) {
 		t.Fatalf("issuer down: %+v, want 503 with Retry-After", a)
 	}
 	sim.SetIssuerDown(false)
-	waitFor(t, 30*time.Second, "the Logic App token to be accepted once the issuer is back", func() bool {
+	testutil.WaitFor(t, "the Logic App token to be accepted once the issuer is back", func() bool {
 		return postEntra(t, url, logicApp, body).status == http.StatusAccepted
 	})
 	v2 := mint(func(s *defendersim.SenderToken) { s.Version = 2 })

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // postgresDSN returns the test database, skipping (or, in CI, failing)
@@ -101,7 +104,7 @@ log:
 		bases = append(bases, fmt.Sprintf("http://127.0.0.1:%d", port))
 	}
 	for i, b := range bases {
-		waitFor(t, 30*time.Second, fmt.Sprintf("replica %d to be ready", i), func() bool {
+		testutil.WaitFor(t, fmt.Sprintf("replica %d to be ready", i), func() bool {
 			resp, err := http.Get(b + "/readyz")
 			if err != nil {
 				return false
@@ -119,6 +122,7 @@ log:
 		sent      atomic.Int64
 		killAt    time.Time
 		killMu    sync.Mutex
+		receipts  sync.Map // receipt of an answer with a queued decision → true
 		postClint = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	)
 	deliver := func(replica int, body []byte) bool {
@@ -133,8 +137,29 @@ log:
 			postErrs.Add(1)
 			return false
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusAccepted
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return false
+		}
+		// A redelivery gets a receipt of its own that covers the same
+		// alert, decisions and job; any answer naming the job will do.
+		var ans struct {
+			Receipt   string `json:"receipt"`
+			Decisions []struct {
+				Status string `json:"status"`
+			} `json:"decisions"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&ans); err != nil {
+			t.Errorf("answer to a delivery: %v", err)
+			return false
+		}
+		for _, d := range ans.Decisions {
+			if d.Status == "queued" {
+				receipts.Store(ans.Receipt, true)
+				break
+			}
+		}
+		return true
 	}
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -180,9 +205,23 @@ log:
 	want := 0
 	acked.Range(func(_, _ any) bool { want++; return true })
 
-	waitFor(t, 90*time.Second, "every acknowledged device's scan", func() bool { return sim.Stats().ScansCreated >= want })
+	// The dead replica may have used up to Defender's per-minute allowance
+	// of the shared limiter, and its claimed jobs come back when their
+	// lease (6 s) ends.
+	within := time.Minute + 6*time.Second + testutil.WaitTimeout
+	testutil.WaitForWithin(t, within, "every acknowledged device's scan", func() bool { return sim.Stats().ScansCreated >= want })
 	done := time.Now()
-	time.Sleep(3 * time.Second) // room for a duplicate to show up
+	// Then "exactly once" without a pause: wait until no job can still call
+	// Defender, stop the survivors (calls in flight end, no new one starts),
+	// and let the simulator finish what it received, the killed replica's
+	// last calls included. A duplicate would have been counted by then.
+	var queued []string
+	receipts.Range(func(k, _ any) bool { queued = append(queued, k.(string)); return true })
+	waitSettled(t, within, bases[0], token, queued)
+	for _, s := range servers[:2] {
+		s.stop(t)
+	}
+	finishRequests(t, sim)
 	st := sim.Stats()
 	perMachine := map[string]int{}
 	for _, a := range sim.Actions() {

@@ -3,21 +3,23 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/scanhook/scanhook/internal/testutil"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 type lockedBuffer = testutil.SyncBuffer
@@ -28,6 +30,7 @@ type server struct {
 	stdout *lockedBuffer
 	stderr *lockedBuffer
 	done   chan struct{}
+	err    error // how it exited; set before done closes
 }
 
 func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
@@ -40,7 +43,7 @@ func startServer(t *testing.T, env []string, args ...string) *server {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = s.cmd.Wait(); close(s.done) }()
+	go func() { s.err = s.cmd.Wait(); close(s.done) }()
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -62,16 +65,68 @@ func tail(s string, n int) string {
 	return s
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+// stop ends the server with SIGTERM and waits for it to exit with status
+// 0, which it does only once its dispatcher has finished the Defender calls
+// it had in flight; it makes no new one.
+func (s *server) stop(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	testutil.WaitFor(t, "serve to stop on SIGTERM", func() bool {
+		select {
+		case <-s.done:
+			return true
+		default:
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+	})
+	if s.err != nil {
+		t.Errorf("serve exited on SIGTERM with %v", s.err)
 	}
+}
+
+// finishRequests waits until the simulator has answered every request it
+// received and takes no more: after the services are stopped, its counts
+// are then final, even for a call that a killed process left in flight.
+func finishRequests(t *testing.T, sim *defendersim.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitTimeout)
+	defer cancel()
+	if err := sim.Shutdown(ctx); err != nil || ctx.Err() != nil {
+		t.Fatalf("simulator did not finish its requests within %s: %v", testutil.WaitTimeout, err)
+	}
+}
+
+// waitSettled waits, up to d, until every job of the receipts (read from
+// base) is settled (testutil.JobSettled): none of them can still call
+// Defender. Settled is final, so a receipt once seen settled is not read
+// again.
+func waitSettled(t *testing.T, d time.Duration, base, token string, receipts []string) {
+	t.Helper()
+	pending := slices.Clone(receipts)
+	type job struct {
+		State     string `json:"state"`
+		LastError string `json:"last_error"`
+	}
+	var last struct {
+		Jobs []job `json:"jobs"`
+	}
+	testutil.WaitForStateWithin(t, d, fmt.Sprintf("every job of %d receipts to settle", len(receipts)), func() bool {
+		for len(pending) > 0 {
+			last.Jobs = nil
+			if code := getJSON(t, base+"/v1/receipts/"+pending[0], token, &last); code != http.StatusOK {
+				t.Fatalf("receipt %s: %d", pending[0], code)
+			}
+			for _, j := range last.Jobs {
+				if !testutil.JobSettled(j.State) {
+					return false
+				}
+			}
+			pending = pending[1:]
+		}
+		return true
+	}, func() string {
+		return fmt.Sprintf("%d receipts not settled, first %s with jobs %+v", len(pending), pending[0], last.Jobs)
+	})
 }
 
 func post(t *testing.T, url, token string, body []byte) (int, map[string]any) {
@@ -116,7 +171,7 @@ func TestDemo(t *testing.T) {
 	s := startServer(t, nil, "serve", "--demo", "--listen", "127.0.0.1:0")
 	var base, token, dir string
 	re := regexp.MustCompile(`listening on (http://\S+)`)
-	waitFor(t, 20*time.Second, "the demo banner", func() bool {
+	testutil.WaitFor(t, "the demo banner", func() bool {
 		out := s.stdout.String()
 		m := re.FindStringSubmatch(out)
 		if m == nil || !strings.Contains(out, "duplicate") {
@@ -163,7 +218,9 @@ func TestDemo(t *testing.T) {
 		Receipt string   `json:"receipt"`
 		Actions []action `json:"actions"`
 	}
-	waitFor(t, 40*time.Second, "both scans to reach Succeeded", func() bool {
+	// The demo's simulator keeps an action Pending 2 s and InProgress 5 s
+	// (its defaults), and the demo polls every 2 s.
+	testutil.WaitForWithin(t, 9*time.Second+testutil.WaitTimeout, "both scans to reach Succeeded", func() bool {
 		if getJSON(t, base+"/v1/receipts/"+receipt, token, &detail) != http.StatusOK {
 			return false
 		}
@@ -184,12 +241,7 @@ func TestDemo(t *testing.T) {
 	}
 
 	// SIGTERM stops it cleanly.
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("serve did not stop on SIGTERM")
-	}
+	s.stop(t)
 	if !strings.Contains(s.stderr.String(), `"msg":"stopped"`) {
 		t.Errorf("no clean stop logged")
 	}
@@ -276,7 +328,7 @@ func TestCrashSafety(t *testing.T) {
 	start := func() (*server, string) {
 		s := startServer(t, env, "serve", "--config", cfgPath)
 		var addr string
-		waitFor(t, 20*time.Second, "serve to listen", func() bool {
+		testutil.WaitFor(t, "serve to listen", func() bool {
 			m := listenRe.FindStringSubmatch(s.stderr.String())
 			if m != nil {
 				addr = m[1]
@@ -289,6 +341,7 @@ func TestCrashSafety(t *testing.T) {
 	sim.SetFaults(defendersim.Faults{OutageFor: time.Hour})
 	s, base := start()
 	acked := map[string]bool{}
+	var receipts []string
 	for i, m := range machines {
 		body := fmt.Sprintf(`{"id":"da-crash-%d","severity":"High","title":"t","machineId":%q,"computerDnsName":%q}`, i, m.ID, m.ComputerDNSName)
 		code, res := post(t, base+"/v1/webhooks/defender", token, []byte(body))
@@ -296,9 +349,14 @@ func TestCrashSafety(t *testing.T) {
 			t.Fatalf("alert %d: %d %v", i, code, res)
 		}
 		acked[m.ID] = true
+		r, _ := res["receipt"].(string)
+		if r == "" {
+			t.Fatalf("alert %d: no receipt: %v", i, res)
+		}
+		receipts = append(receipts, r)
 	}
 	// Let the dispatcher hit the outage at least once, then kill it hard.
-	waitFor(t, 20*time.Second, "a failed attempt during the outage", func() bool {
+	testutil.WaitFor(t, "a failed attempt during the outage", func() bool {
 		for _, r := range sim.Requests() {
 			if strings.HasSuffix(r.Path, "/runAntiVirusScan") {
 				return true
@@ -309,7 +367,7 @@ func TestCrashSafety(t *testing.T) {
 	s.kill()
 
 	sim.SetFaults(defendersim.Faults{})
-	_, _ = start()
+	s, base = start()
 	scanned := func() map[string]int {
 		n := map[string]int{}
 		for _, r := range sim.Requests() {
@@ -319,9 +377,16 @@ func TestCrashSafety(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, 60*time.Second, "every acknowledged alert's scan", func() bool { return len(scanned()) == len(acked) })
-	// Give a duplicate the chance to show up before counting.
-	time.Sleep(2 * time.Second)
+	// The killed process's claimed jobs come back when their lease ends.
+	resumeWithin := 4*time.Second + testutil.WaitTimeout
+	testutil.WaitForWithin(t, resumeWithin, "every acknowledged alert's scan", func() bool { return len(scanned()) == len(acked) })
+	// Then "exactly once" without a pause: wait until no job can still call
+	// Defender, stop the service (calls in flight end, no new one starts),
+	// and let the simulator finish what it received, the killed process's
+	// last calls included. A duplicate would have been counted by then.
+	waitSettled(t, resumeWithin, base, token, receipts)
+	s.stop(t)
+	finishRequests(t, sim)
 	got := scanned()
 	for id := range acked {
 		if got[id] != 1 {

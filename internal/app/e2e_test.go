@@ -12,6 +12,8 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defendersim"
+	"github.com/scanhook/scanhook/internal/domain"
+	"github.com/scanhook/scanhook/internal/testutil"
 )
 
 // e2eSamples is one body per source, each naming at least one usable device.
@@ -84,6 +86,7 @@ type webhookAnswer struct {
 
 type receiptAnswer struct {
 	Jobs []struct {
+		Scan      string `json:"scan"`
 		State     string `json:"state"`
 		LastError string `json:"last_error"`
 	} `json:"jobs"`
@@ -143,10 +146,10 @@ func TestEverySourceEndToEnd(t *testing.T) {
 		receipts[ans.Receipt] = queued
 	}
 
-	deadline := time.Now().Add(30 * time.Second)
 	for receipt, queued := range receipts {
-		for {
-			var r receiptAnswer
+		var r receiptAnswer
+		testutil.WaitForState(t, fmt.Sprintf("receipt %s: %d actions Succeeded", receipt, queued), func() bool {
+			r = receiptAnswer{}
 			if code := svc.do(t, http.MethodGet, "/v1/receipts/"+receipt, "", nil, &r); code != http.StatusOK {
 				t.Fatalf("receipt %s: %d", receipt, code)
 			}
@@ -154,14 +157,8 @@ func TestEverySourceEndToEnd(t *testing.T) {
 			for _, a := range r.Actions {
 				done = done && a.Status == "Succeeded"
 			}
-			if done {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("receipt %s: want %d actions Succeeded, have %+v (jobs %+v)", receipt, queued, r.Actions, r.Jobs)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return done
+		}, func() string { return fmt.Sprintf("actions %+v, jobs %+v", r.Actions, r.Jobs) })
 	}
 	if st := sim.Stats(); st.AlreadyRunning != 0 || st.Throttled != 0 {
 		t.Errorf("simulator saw %d already-running answers and %d 429s, want none", st.AlreadyRunning, st.Throttled)
@@ -218,8 +215,11 @@ func TestServiceOutcomes(t *testing.T) {
 	}
 
 	// Pause Defender so the Quick stays queued long enough to be upgraded.
-	sim.SetFaults(defendersim.Faults{OutageFor: 3 * time.Second})
-	time.Sleep(100 * time.Millisecond)
+	// The outage starts inside SetFaults, under the simulator's lock: every
+	// call it answers after SetFaults returns sees it, so there is no event
+	// to wait for before sending.
+	const outage = 3 * time.Second
+	sim.SetFaults(defendersim.Faults{OutageFor: outage})
 	q := send("a-quick", "low", "x", known.ID, known.ComputerDNSName)
 	f := send("a-full", "high", "x", known.ID, known.ComputerDNSName)
 	again := send("a-again", "low", "x", known.ID, known.ComputerDNSName)
@@ -240,30 +240,47 @@ func TestServiceOutcomes(t *testing.T) {
 		t.Fatalf("full after quick: %+v", f.Decisions)
 	}
 
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	waitFor("the unknown device's job to die", func() bool {
+	// Calls that meet the outage are retried after the default backoff (2 s,
+	// then 4 s at most): the jobs cannot settle before that.
+	settleWithin := outage + 6*time.Second + testutil.WaitTimeout
+	testutil.WaitForWithin(t, settleWithin, "the unknown device's job to die", func() bool {
 		var r receiptAnswer
 		svc.do(t, http.MethodGet, "/v1/receipts/"+unknown.Receipt, "", nil, &r)
 		return len(r.Jobs) == 1 && r.Jobs[0].State == "dead" && strings.Contains(r.Jobs[0].LastError, "ghost.corp.example.com")
 	})
-	waitFor("one scan of the known device", func() bool { return sim.Stats().ScansCreated == 1 })
-	time.Sleep(500 * time.Millisecond)
-	if st := sim.Stats(); st.ScansCreated != 1 || st.AlreadyRunning != 0 {
-		t.Fatalf("scans created %d, already running %d: want exactly one scan for one device", st.ScansCreated, st.AlreadyRunning)
-	}
-	for _, a := range sim.Actions() {
-		if a.Scope != wantScope {
-			t.Errorf("the scan that went out is %s, want %s after %+v", a.Scope, wantScope, f.Decisions)
+
+	// "Exactly one scan" without a pause: wait until no job of the known
+	// device can still call Defender, stop the service (its dispatcher ends
+	// the calls in flight and makes no new one), then count. The Quick's job
+	// (a Full if upgraded; the Full's decision then has no job of its own)
+	// settles once Defender has answered it. A Full that waits for the Quick
+	// is queued only when the Quick's job closes, which needs its action to
+	// be final: the simulator keeps it Pending for an hour, checked below.
+	var qr, fr receiptAnswer
+	testutil.WaitForStateWithin(t, settleWithin, "the known device's jobs to settle", func() bool {
+		qr, fr = receiptAnswer{}, receiptAnswer{}
+		svc.do(t, http.MethodGet, "/v1/receipts/"+q.Receipt, "", nil, &qr)
+		svc.do(t, http.MethodGet, "/v1/receipts/"+f.Receipt, "", nil, &fr)
+		if len(qr.Jobs) != 1 || !testutil.JobSettled(qr.Jobs[0].State) {
+			return false
 		}
+		for _, j := range fr.Jobs {
+			if !testutil.JobSettled(j.State) && j.State != domain.JobWaiting {
+				return false
+			}
+		}
+		return true
+	}, func() string {
+		return fmt.Sprintf("quick's receipt: jobs %+v; full's receipt: jobs %+v", qr.Jobs, fr.Jobs)
+	})
+	if qr.Jobs[0].State != domain.JobSubmitted || qr.Jobs[0].Scan != wantScope {
+		t.Errorf("the known device's job is %s %s, want submitted %s", qr.Jobs[0].State, qr.Jobs[0].Scan, wantScope)
+	}
+	if len(qr.Actions) != 1 || domain.ActionFinal(qr.Actions[0].Status) {
+		t.Fatalf("the known device's action %+v must be open, or a waiting Full could still go out", qr.Actions)
+	}
+	if upgraded := wantScope == domain.ScanFull; upgraded != (len(fr.Jobs) == 0) {
+		t.Errorf("the Full was upgraded: %v, but its receipt has jobs %+v", upgraded, fr.Jobs)
 	}
 
 	var scans struct {
@@ -274,5 +291,15 @@ func TestServiceOutcomes(t *testing.T) {
 	}
 	if code := svc.do(t, http.MethodGet, "/v1/scans?status=dry_run", "", nil, &scans); code != http.StatusOK || len(scans.Scans) != 1 || scans.Scans[0].AlertID != "a-dry" {
 		t.Fatalf("audit trail of dry runs: %d %+v", code, scans)
+	}
+
+	svc.stop(t)
+	if st := sim.Stats(); st.ScansCreated != 1 || st.AlreadyRunning != 0 {
+		t.Fatalf("scans created %d, already running %d: want exactly one scan for one device", st.ScansCreated, st.AlreadyRunning)
+	}
+	for _, a := range sim.Actions() {
+		if a.Scope != wantScope {
+			t.Errorf("the scan that went out is %s, want %s after %+v", a.Scope, wantScope, f.Decisions)
+		}
 	}
 }

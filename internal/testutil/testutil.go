@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 // SyncBuffer collects writes from many goroutines (a service's logger, a
@@ -97,21 +99,42 @@ const WaitTimeout = 30 * time.Second
 // the test's goroutine, so it may call t.Fatal.
 func WaitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	WaitForState(t, what, cond, nil)
+	waitFor(t, WaitTimeout, what, cond, nil)
 }
 
 // WaitForState is WaitFor whose failure also reports state(): what was
 // seen instead, e.g. the state a job is stuck in.
 func WaitForState(t testing.TB, what string, cond func() bool, state func() string) {
 	t.Helper()
-	deadline := time.Now().Add(WaitTimeout)
+	waitFor(t, WaitTimeout, what, cond, state)
+}
+
+// WaitForWithin is WaitFor for an event that cannot come before some
+// designed delay has passed (a simulated action's lifecycle, a lease, a
+// rate limit's window): d is that delay plus WaitTimeout, written so at the
+// call, so that the margin for a loaded machine stays WaitTimeout's.
+func WaitForWithin(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	waitFor(t, d, what, cond, nil)
+}
+
+// WaitForStateWithin is WaitForWithin whose failure also reports state().
+func WaitForStateWithin(t testing.TB, d time.Duration, what string, cond func() bool, state func() string) {
+	t.Helper()
+	waitFor(t, d, what, cond, state)
+}
+
+// waitFor is the one wait every helper above calls.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool, state func() string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	pause := time.Millisecond
 	for !cond() {
 		if time.Now().After(deadline) {
 			if state != nil {
-				t.Fatalf("waited %s for %s; instead: %s", WaitTimeout, what, state())
+				t.Fatalf("waited %s for %s; instead: %s", d, what, state())
 			}
-			t.Fatalf("waited %s for %s", WaitTimeout, what)
+			t.Fatalf("waited %s for %s", d, what)
 		}
 		time.Sleep(pause)
 		// Quick for events that come at once, gentle on a loaded machine
@@ -119,3 +142,27 @@ func WaitForState(t testing.TB, what string, cond func() bool, state func() stri
 		pause = min(2*pause, 20*time.Millisecond)
 	}
 }
+
+// settledJobStates says, for every job state, whether a job in it can
+// still lead to a Defender scan call (false) or never will (true). A job
+// leaves submitted, already_scanning and dead only by closing, and closing
+// makes no call; a waiting job becomes queued when its device's open job
+// closes, so it is not settled. A state domain adds must be placed here
+// (TestSettledJobStates fails until it is).
+var settledJobStates = map[string]bool{
+	domain.JobQueued:          false,
+	domain.JobWaiting:         false,
+	domain.JobLeased:          false,
+	domain.JobCalling:         false,
+	domain.JobRetry:           false,
+	domain.JobSubmitted:       true,
+	domain.JobAlreadyScanning: true,
+	domain.JobDead:            true,
+}
+
+// JobSettled reports whether a job in state will make no further Defender
+// scan call. Tests that must show "exactly one scan" wait until every job
+// involved is settled, then stop the service (a stopped dispatcher has
+// finished its calls in flight and makes no new one), then count the
+// simulator's scans: no duration to guess.
+func JobSettled(state string) bool { return settledJobStates[state] }

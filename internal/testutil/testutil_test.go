@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func TestClock(t *testing.T) {
@@ -51,4 +53,24 @@ func TestWaitFor(t *testing.T) {
 		}
 	}()
 	WaitFor(t, "three increments", func() bool { return n.Load() == 3 })
+}
+
+func TestSettledJobStates(t *testing.T) {
+	for _, s := range domain.JobStates() {
+		if _, ok := settledJobStates[s]; !ok {
+			t.Errorf("job state %q is not placed in settledJobStates: can a job in it still call Defender?", s)
+		}
+	}
+	if len(settledJobStates) != len(domain.JobStates()) {
+		t.Errorf("settledJobStates has %d states, domain %d", len(settledJobStates), len(domain.JobStates()))
+	}
+	if JobSettled("no-such-state") {
+		t.Error("an unknown state must not count as settled")
+	}
+}
+
+func TestWaitForWithin(t *testing.T) {
+	var n atomic.Int64
+	go n.Add(1)
+	WaitForWithin(t, time.Minute, "one increment", func() bool { return n.Load() == 1 })
 }
