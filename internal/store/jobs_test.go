@@ -397,7 +397,7 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 		wg.Wait()
 		for _, s := range stores {
 			if s != nil {
-				defer s.Close()
+				t.Cleanup(func() { _ = s.Close() })
 			}
 		}
 		if t.Failed() {
