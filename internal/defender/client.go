@@ -148,7 +148,12 @@ func New(cfg Config, deps Deps) (*Client, error) {
 			return nil, err
 		}
 	}
-	failures := uint32(deps.BreakerFailures)
+	// gobreaker counts failures in a uint32: a larger threshold could not
+	// be reached, so it is capped at the largest, not let wrap to a small one.
+	failures := uint32(math.MaxUint32)
+	if n := int64(deps.BreakerFailures); n > 0 && n < math.MaxUint32 {
+		failures = uint32(n)
+	}
 	for _, f := range Families() {
 		c.m.breaker.WithLabelValues(f.String()).Set(0)
 		c.breakers[f] = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
