@@ -280,7 +280,7 @@ func (c *Client) RunAntiVirusScan(ctx context.Context, machineID string, scanTyp
 		return nil, c.invalid(op, "machine id %q is not 40 hexadecimal characters", machineID)
 	}
 	if scanType != domain.ScanQuick && scanType != domain.ScanFull {
-		return nil, c.invalid(op, "scan type %q: want Quick or Full", string(scanType))
+		return nil, c.invalid(op, "scan type %q: want Quick or Full", scanType)
 	}
 	comment = strings.TrimSpace(comment)
 	if comment == "" {
