@@ -193,7 +193,7 @@ func writeProblem(c *echo.Context, err error, requestID string) *Error {
 // so this only serves errors raised outside it.
 func (a *api) renderError(c *echo.Context, err error) {
 	id, _ := c.Get(ctxRequestID).(string)
-	writeProblem(c, err, id)
+	_ = writeProblem(c, err, id) // the problem it returns is the one it has just written
 }
 
 // Errors handlers build directly.

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -272,5 +271,3 @@ func decodeJSON[T any](t testing.TB, r resp) T {
 	}
 	return v
 }
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }

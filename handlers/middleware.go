@@ -171,7 +171,7 @@ func (a *api) callRecover(next echo.HandlerFunc, c *echo.Context) (err error) {
 		if r == nil {
 			return
 		}
-		if r == http.ErrAbortHandler {
+		if r == http.ErrAbortHandler { //nolint:errorlint // a panic value, not a returned error: net/http compares it the same way
 			panic(r)
 		}
 		err = &Error{Status: http.StatusInternalServerError, Type: TypeInternal, Title: "Internal error",

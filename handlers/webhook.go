@@ -215,7 +215,7 @@ func (a *api) webhook(c *echo.Context) error {
 			in.Decisions[j] = store.DecisionInput{
 				Device:   dec.Device,
 				Rule:     dec.Rule,
-				Scan:     string(dec.Scan),
+				Scan:     dec.Scan,
 				Comment:  dec.Comment,
 				Reason:   dec.Reason,
 				Cooldown: dec.Cooldown,
@@ -258,7 +258,7 @@ func (a *api) explain(c *echo.Context) error {
 	for i := range alerts {
 		for _, dec := range rs.Evaluate(&alerts[i]) {
 			e := explainDecision{AlertID: dec.AlertID, Source: dec.Source, Device: dec.Device, Rule: dec.Rule,
-				Scan: string(dec.Scan), Comment: dec.Comment, Reason: dec.Reason, DryRun: dec.DryRun || a.dryRun}
+				Scan: dec.Scan, Comment: dec.Comment, Reason: dec.Reason, DryRun: dec.DryRun || a.dryRun}
 			if dec.Cooldown > 0 && dec.Scan != domain.ScanNone {
 				e.Cooldown = dec.Cooldown.String()
 			}

@@ -12,6 +12,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil))
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil)
+	stop() // os.Exit skips deferred calls
+	os.Exit(code)
 }

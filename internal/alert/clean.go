@@ -99,12 +99,12 @@ func stripControls(s string) string {
 	}, s)
 }
 
-// truncate cuts s to at most max bytes on a rune boundary.
-func truncate(s string, max int) string {
-	if len(s) <= max {
+// truncate cuts s to at most maxLen bytes on a rune boundary.
+func truncate(s string, maxLen int) string {
+	if len(s) <= maxLen {
 		return s
 	}
-	cut := max
+	cut := maxLen
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
@@ -113,10 +113,10 @@ func truncate(s string, max int) string {
 
 // cleanLine is for one-line fields: whitespace controls become spaces,
 // other controls go, and the result is trimmed and capped.
-func cleanLine(s string, max int) string {
-	s = truncate(s, 4*max) // bound the work before mapping
+func cleanLine(s string, maxLen int) string {
+	s = truncate(s, 4*maxLen) // bound the work before mapping
 	if strings.IndexFunc(s, isControl) < 0 {
-		return truncate(strings.TrimSpace(s), max)
+		return truncate(strings.TrimSpace(s), maxLen)
 	}
 	s = strings.Map(func(r rune) rune {
 		switch {
@@ -127,14 +127,14 @@ func cleanLine(s string, max int) string {
 		}
 		return r
 	}, s)
-	return truncate(strings.TrimSpace(s), max)
+	return truncate(strings.TrimSpace(s), maxLen)
 }
 
 // cleanText is for descriptions: it keeps line breaks and tabs.
-func cleanText(s string, max int) string {
-	s = truncate(s, 4*max)
+func cleanText(s string, maxLen int) string {
+	s = truncate(s, 4*maxLen)
 	if strings.IndexFunc(s, func(r rune) bool { return r != '\n' && r != '\t' && isControl(r) }) < 0 {
-		return truncate(strings.TrimSpace(s), max)
+		return truncate(strings.TrimSpace(s), maxLen)
 	}
 	s = strings.Map(func(r rune) rune {
 		if r != '\n' && r != '\t' && isControl(r) {
@@ -142,17 +142,17 @@ func cleanText(s string, max int) string {
 		}
 		return r
 	}, s)
-	return truncate(strings.TrimSpace(s), max)
+	return truncate(strings.TrimSpace(s), maxLen)
 }
 
-func cleanList(l []string, max int) []string {
+func cleanList(l []string, maxLen int) []string {
 	var out []string
 	seen := make(map[string]bool, len(l))
 	for _, s := range l {
 		if len(out) >= MaxListLen {
 			break
 		}
-		s = cleanLine(s, max)
+		s = cleanLine(s, maxLen)
 		if s != "" && !seen[s] {
 			seen[s] = true
 			out = append(out, s)

@@ -220,7 +220,7 @@ func (r *reader) list(n node) []string {
 
 func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 	g := opts.Generic
-	p := func(s string) genericPath { return compilePath(s) }
+	p := compilePath
 	id, sev, title, desc := p(g.ID), p(g.Severity), p(g.Title), p(g.Description)
 	cat, det, fam, status := p(g.Category), p(g.DetectionSource), p(g.ThreatFamily), p(g.Status)
 	tags, mitre, tenant, tm, u := p(g.Tags), p(g.MitreTechniques), p(g.TenantID), p(g.Time), p(g.URL)

@@ -66,7 +66,7 @@ func parseJSON(b []byte) (any, error) {
 	v, err := p.value()
 	if err == nil {
 		// jsontext reads a stream of values; a body is one.
-		if _, next := p.dec.ReadToken(); next != io.EOF {
+		if _, next := p.dec.ReadToken(); !errors.Is(next, io.EOF) {
 			err = errors.New("more than one JSON value")
 		}
 	}

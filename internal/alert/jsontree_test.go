@@ -171,8 +171,8 @@ func stdRawItems(body []byte, key string) ([]json.RawMessage, error) {
 }
 
 func TestParseJSONMatchesEncodingJSON(t *testing.T) {
-	deep := func(n int, open, close string) []byte {
-		return []byte(strings.Repeat(open, n) + strings.Repeat(close, n))
+	deep := func(n int, open, end string) []byte {
+		return []byte(strings.Repeat(open, n) + strings.Repeat(end, n))
 	}
 	cases := []string{
 		``, ` `, "\t\r\n {} \n", `null`, `true`, `false`, `0`, `-0`, `-0.0`, `1`, `-1`,

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/scanhook/scanhook/internal/app"
 )
@@ -139,9 +138,3 @@ func runCommand(ctx context.Context, args []string, env Env) error {
 		return usagef("unknown command %q", args[0])
 	}
 }
-
-// stringList collects a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }

@@ -154,7 +154,7 @@ func rulesTest(args []string, env Env) error {
 			for _, d := range rs.Evaluate(&alerts[i]) {
 				line := testLine{
 					AlertID: d.AlertID, Source: d.Source, Rule: d.Rule,
-					Scan: string(d.Scan), Comment: d.Comment, Reason: d.Reason,
+					Scan: d.Scan, Comment: d.Comment, Reason: d.Reason,
 				}
 				if d.Device != nil {
 					line.Device = &testDevice{ID: d.Device.ID, DNSName: d.Device.DNSName}

@@ -150,7 +150,12 @@ func New(cfg Config, deps Deps) (*Client, error) {
 			return nil, err
 		}
 	}
-	failures := uint32(deps.BreakerFailures)
+	// gobreaker counts failures in a uint32: a larger threshold could not
+	// be reached, so it is capped at the largest, not let wrap to a small one.
+	failures := uint32(math.MaxUint32)
+	if n := int64(deps.BreakerFailures); n > 0 && n < math.MaxUint32 {
+		failures = uint32(n)
+	}
 	for _, f := range Families() {
 		c.m.breaker.WithLabelValues(f.String()).Set(0)
 		c.breakers[f] = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
@@ -277,7 +282,7 @@ func (c *Client) RunAntiVirusScan(ctx context.Context, machineID string, scanTyp
 		return nil, c.invalid(op, "machine id %q is not 40 hexadecimal characters", machineID)
 	}
 	if scanType != domain.ScanQuick && scanType != domain.ScanFull {
-		return nil, c.invalid(op, "scan type %q: want Quick or Full", string(scanType))
+		return nil, c.invalid(op, "scan type %q: want Quick or Full", scanType)
 	}
 	comment = strings.TrimSpace(comment)
 	if comment == "" {
@@ -668,7 +673,7 @@ func (c *Client) do(ctx context.Context, r request, out any) (err error) {
 				Message:    "local rate limit of " + r.family.String() + ": nothing sent",
 				RetryAfter: max(le.Wait, 0), Err: werr}
 		case ctx.Err() != nil:
-			e = c.ctxError(r.op, ctx, werr)
+			e = c.ctxError(ctx, r.op, werr)
 		default:
 			// A shared limiter's backend failed.
 			e = &Error{Kind: Unavailable, Op: r.op, Message: "rate limiter failed", Err: werr}
@@ -713,7 +718,7 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 
 	tok, err := c.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{c.cfg.Scope}})
 	if err != nil {
-		e := c.tokenError(r.op, parent, ctx, err)
+		e := c.tokenError(parent, ctx, r.op, err)
 		e.NotSent = true // nothing went to Defender without a token
 		return 0, e
 	}
@@ -737,7 +742,7 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		e := c.transportError(r.op, parent, ctx, err)
+		e := c.transportError(parent, ctx, r.op, err)
 		e.NotSent = dialFailed(err)
 		return 0, e
 	}
@@ -749,7 +754,7 @@ func (c *Client) send(parent context.Context, r request, out any) (int, error) {
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
 	if err != nil {
-		return resp.StatusCode, c.transportError(r.op, parent, ctx, err)
+		return resp.StatusCode, c.transportError(parent, ctx, r.op, err)
 	}
 	if len(raw) > maxResponseBody {
 		return resp.StatusCode, c.malformed(r.op, resp.StatusCode, fmt.Errorf("body larger than %d bytes", maxResponseBody))
@@ -778,16 +783,16 @@ func (c *Client) statusError(op string, resp *http.Response, raw []byte) *Error 
 
 // ctxError classifies a context error: the caller's cancellation or
 // deadline, or our per-call deadline.
-func (c *Client) ctxError(op string, parent context.Context, err error) *Error {
+func (c *Client) ctxError(parent context.Context, op string, err error) *Error {
 	if errors.Is(parent.Err(), context.Canceled) {
 		return &Error{Kind: Canceled, Op: op, Err: err}
 	}
 	return &Error{Kind: Timeout, Op: op, Err: err}
 }
 
-func (c *Client) transportError(op string, parent, ctx context.Context, err error) *Error {
+func (c *Client) transportError(parent, ctx context.Context, op string, err error) *Error {
 	if parent.Err() != nil || ctx.Err() != nil {
-		e := c.ctxError(op, parent, err)
+		e := c.ctxError(parent, op, err)
 		if e.Kind == Timeout && parent.Err() == nil {
 			e.Message = fmt.Sprintf("no answer within %s", c.cfg.Timeout)
 		}
@@ -798,9 +803,9 @@ func (c *Client) transportError(op string, parent, ctx context.Context, err erro
 
 // tokenError classifies a failure to get a token. azidentity's errors carry
 // Entra ID's answer, never the secret or a token.
-func (c *Client) tokenError(op string, parent, ctx context.Context, err error) *Error {
+func (c *Client) tokenError(parent, ctx context.Context, op string, err error) *Error {
 	if parent.Err() != nil || ctx.Err() != nil {
-		e := c.ctxError(op, parent, err)
+		e := c.ctxError(parent, op, err)
 		e.Message = "getting an Entra ID token"
 		return e
 	}

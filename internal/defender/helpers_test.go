@@ -3,6 +3,7 @@ package defender
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -135,7 +136,10 @@ func wantKind(t testing.TB, err error, want Kind) *Error {
 	if got := KindOf(err); got != want {
 		t.Fatalf("kind = %s, want %s (err: %v)", got, want, err)
 	}
-	e := err.(*Error)
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("err is a %T, want a *Error: %v", err, err)
+	}
 	return e
 }
 

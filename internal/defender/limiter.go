@@ -182,7 +182,7 @@ func (l *SlidingWindowLimiter) Wait(ctx context.Context, family Family) error {
 		if err := ctx.Err(); err != nil {
 			// Still say how long a new attempt would wait, when that is
 			// what ended this one.
-			var lerr error = err
+			lerr := err
 			if errors.Is(err, context.DeadlineExceeded) {
 				if wait, ok := l.peek(f); !ok {
 					lerr = &LimitError{Family: family, Wait: wait, Err: err}

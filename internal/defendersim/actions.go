@@ -290,6 +290,17 @@ type bodyError struct {
 
 func (e *bodyError) Error() string { return e.Code + ": " + e.Msg }
 
+// writeBodyError answers 400 with a rejected body's code and message. The
+// body decoders return nothing but *bodyError, so anything else is a bug in
+// the simulator, and panics as the type assertion this replaces did.
+func writeBodyError(w http.ResponseWriter, err error, corr string) {
+	var be *bodyError
+	if !errors.As(err, &be) {
+		panic(fmt.Sprintf("defendersim: body decoder returned %T: %v", err, err))
+	}
+	writeAPIError(w, http.StatusBadRequest, be.Code, be.Msg, corr)
+}
+
 // decodeStrictObject reads a JSON object whose keys must be exactly the
 // allowed ones (case-sensitive, no duplicates, nothing after the object).
 // Values come back raw; a wrong-case key is named with the expected spelling.
@@ -396,8 +407,7 @@ func (s *Server) runScan(w http.ResponseWriter, r *http.Request, ri *reqInfo, pa
 	}
 	req, err := decodeScanRequest(ri.body)
 	if err != nil {
-		be := err.(*bodyError)
-		writeAPIError(w, http.StatusBadRequest, be.Code, be.Msg, ri.corr)
+		writeBodyError(w, err, ri.corr)
 		return
 	}
 	m, ok := s.inv.byIDOnly(params[0])
@@ -479,8 +489,7 @@ func (s *Server) cancelAction(w http.ResponseWriter, r *http.Request, ri *reqInf
 		comment, err = requiredString(obj, "Comment")
 	}
 	if err != nil {
-		be := err.(*bodyError)
-		writeAPIError(w, http.StatusBadRequest, be.Code, be.Msg, ri.corr)
+		writeBodyError(w, err, ri.corr)
 		return
 	}
 	ma, err := s.acts.cancel(params[0], comment, ri.app.AppID, s.now())

@@ -2,6 +2,7 @@ package defendersim
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,8 @@ func FuzzFilter(f *testing.F) {
 		for _, sc := range []schema{machineSchema, actionSchema} {
 			n, err := parseFilter(src, sc)
 			if err != nil {
-				if _, ok := err.(*FilterError); !ok {
+				var fe *FilterError
+				if !errors.As(err, &fe) {
 					t.Fatalf("error of type %T: %v", err, err)
 				}
 				continue
@@ -110,8 +112,8 @@ func FuzzScanRequestBody(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := decodeScanRequest(body)
 		if err != nil {
-			be, ok := err.(*bodyError)
-			if !ok || (be.Code != "InvalidRequestBody" && be.Code != "MissingRequiredParameter") || be.Msg == "" {
+			var be *bodyError
+			if !errors.As(err, &be) || (be.Code != "InvalidRequestBody" && be.Code != "MissingRequiredParameter") || be.Msg == "" {
 				t.Fatalf("bad error %T %v", err, err)
 			}
 			return

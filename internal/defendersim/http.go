@@ -281,7 +281,7 @@ type recorder struct {
 	reqs []Request
 }
 
-func newRecorder(max int) *recorder { return &recorder{max: max} }
+func newRecorder(limit int) *recorder { return &recorder{max: limit} }
 
 func (r *recorder) add(q Request) {
 	r.mu.Lock()

@@ -21,8 +21,8 @@ func lookups(t testing.TB, sim *defendersim.Server) []string {
 	t.Helper()
 	var out []string
 	for _, r := range apiRequests(sim, http.MethodGet, "/api/machines") {
-		switch {
-		case r.Path == "/api/machines":
+		switch r.Path {
+		case "/api/machines":
 			q, err := url.ParseQuery(strings.ReplaceAll(r.RawQuery, "+", "%2B"))
 			if err != nil {
 				t.Fatalf("query %q: %v", r.RawQuery, err)

@@ -137,7 +137,6 @@ type familyState struct {
 	// Guarded by Limiter.mu.
 	inflight []int64   // our admitted rows not yet Done, oldest first
 	nextFree time.Time // local estimate: nothing is admitted before it
-	exact    bool      // nextFree is exact, not a lower bound
 	changed  chan struct{}
 }
 

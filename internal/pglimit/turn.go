@@ -136,7 +136,7 @@ func (t *Turn) end(why error) {
 	t.err = why
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	if why == ErrTurnReleased {
+	if errors.Is(why, ErrTurnReleased) {
 		// Closing the session frees the lock only once its backend has
 		// exited, which PostgreSQL does after the client has gone: unlock
 		// first so the next replica can take the turn at once.

@@ -125,7 +125,7 @@ func TestPollTurnPerSchema(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("PollTurn = %v, %v: another schema (another application) must not share the turn", ok, err)
 		}
-		defer turn.Release()
+		t.Cleanup(turn.Release) // both turns are held to the end
 	}
 }
 

@@ -397,7 +397,7 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 		wg.Wait()
 		for _, s := range stores {
 			if s != nil {
-				defer s.Close()
+				t.Cleanup(func() { _ = s.Close() })
 			}
 		}
 		if t.Failed() {
@@ -471,6 +471,9 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 		keys = append(keys, k)
 	}
 	rows.Close()
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 	sort.Strings(keys)
 	if len(keys) != int(ok.Load()) || failed.Load() != 67 {
 		t.Fatalf("%d rows for %d successful and %d failed calls", len(keys), ok.Load(), failed.Load())
@@ -514,6 +517,9 @@ func TestWriterQueriesStartNoGoroutine(t *testing.T) {
 				started++
 			}
 			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
