@@ -203,7 +203,11 @@ func TestAppRegistrationScript(t *testing.T) {
 		}
 	}
 	// The printed YAML, with the shell variables filled in, is valid config.
-	yaml := script[strings.Index(script, "sources:\nYAML"):]
+	_, after, ok := strings.Cut(script, "sources:\nYAML")
+	if !ok {
+		t.Fatalf("%s prints no sources: block", path)
+	}
+	yaml := "sources:\nYAML" + after
 	var blocks []string
 	for _, m := range regexp.MustCompile(`(?s)cat <<YAML\n(.*?)\nYAML`).FindAllStringSubmatch(yaml, -1) {
 		blocks = append(blocks, m[1])

@@ -109,8 +109,8 @@ func (celEstimator) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNo
 
 func (celEstimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 	if p := n.Path(); len(p) > 0 {
-		if max, ok := celFieldSizes[strings.Join(p, ".")]; ok {
-			return &cost.SizeEstimate{Min: 0, Max: max}
+		if size, ok := celFieldSizes[strings.Join(p, ".")]; ok {
+			return &cost.SizeEstimate{Min: 0, Max: size}
 		}
 	}
 	if n.Type() != nil && n.Type().Kind() == types.ListKind {

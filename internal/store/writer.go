@@ -295,8 +295,9 @@ func (w *writer) run(batch []*writeReq) {
 	// file waits in busy_timeout here instead of failing at its first write.
 	if err := w.exec("BEGIN IMMEDIATE"); err != nil {
 		// A transaction a failed ROLLBACK left open would fail every
-		// batch from here on; end it and try once more.
-		w.exec("ROLLBACK")
+		// batch from here on; end it and try once more. The BEGIN's retry
+		// reports what matters.
+		_ = w.exec("ROLLBACK")
 		if err := w.exec("BEGIN IMMEDIATE"); err != nil {
 			fail(batch, fmt.Errorf("begin: %w", err))
 			return
@@ -352,7 +353,7 @@ func (w *writer) run(batch []*writeReq) {
 		// SQLite may leave the transaction open after a failed COMMIT
 		// (SQLITE_BUSY); end it so the next batch starts clean. When it
 		// did not, this ROLLBACK fails with nothing to report.
-		w.exec("ROLLBACK")
+		_ = w.exec("ROLLBACK")
 		w.log.Error("store: group commit failed", "calls", len(ok), "err", err)
 		fail(ok, fmt.Errorf("commit: %w", err))
 		return
