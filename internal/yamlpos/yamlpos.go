@@ -12,6 +12,7 @@ import (
 	"io"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -438,6 +439,20 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value) {
 	for i, f := range fields {
 		names[i] = f.name
 	}
+	d.entries(n, func(key string, kn, vn *yaml.Node) {
+		idx := slices.IndexFunc(fields, func(f fieldInfo) bool { return f.name == key })
+		if idx < 0 {
+			d.errorf(kn, "%s", UnknownKey(key, names))
+			return
+		}
+		d.value(vn, v.FieldByIndex(fields[idx].index))
+	})
+}
+
+// entries yields a mapping's keys with their key and value nodes, once
+// each: a key that is not a plain string, or that repeats an earlier one,
+// is reported and skipped.
+func (d *decoder) entries(n *yaml.Node, each func(key string, kn, vn *yaml.Node)) {
 	seen := make(map[string]*yaml.Node, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		kn := n.Content[i]
@@ -450,18 +465,7 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value) {
 			continue
 		}
 		seen[key] = kn
-		idx := -1
-		for j, f := range fields {
-			if f.name == key {
-				idx = j
-				break
-			}
-		}
-		if idx < 0 {
-			d.errorf(kn, "%s", UnknownKey(key, names))
-			continue
-		}
-		d.value(n.Content[i+1], v.FieldByIndex(fields[idx].index))
+		each(key, kn, n.Content[i+1])
 	}
 }
 
@@ -555,22 +559,11 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value) {
 		return
 	}
 	m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
-	seen := make(map[string]*yaml.Node, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		kn := n.Content[i]
-		key, ok := d.keyOf(kn)
-		if !ok {
-			continue
-		}
-		if first, dup := seen[key]; dup {
-			d.errorf(kn, "duplicate key %q (first at line %d)", key, first.Line)
-			continue
-		}
-		seen[key] = kn
+	d.entries(n, func(key string, _, vn *yaml.Node) {
 		ev := reflect.New(v.Type().Elem()).Elem()
-		d.value(n.Content[i+1], ev)
+		d.value(vn, ev)
 		m.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), ev)
-	}
+	})
 	v.Set(m)
 }
 
