@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -87,8 +88,32 @@ func sentinelIncident(root node) (Alert, error) {
 		return Alert{}, err
 	}
 	a.ID = id
+	a.Ref = sentinelIncidentRef(obj, p)
 	ds.fill(&a)
 	return a, nil
+}
+
+// sentinelIncidentRef is "Sentinel incident #<incidentNumber>", the number
+// analysts know the incident by, else "Sentinel incident <name>" (the
+// incident's GUID). It is "" when neither is usable; Decode then falls back
+// to DefaultRef.
+func sentinelIncidentRef(obj, p node) string {
+	switch n := p.get("incidentNumber").v.(type) {
+	case float64:
+		if n >= 0 && n < 1e15 && n == float64(int64(n)) {
+			return "Sentinel incident #" + strconv.FormatInt(int64(n), 10)
+		}
+	case string:
+		if n = strings.TrimPrefix(strings.TrimSpace(n), "#"); n != "" && len(n) <= 20 && strings.Trim(n, "0123456789") == "" {
+			return "Sentinel incident #" + n
+		}
+	}
+	if name, ok := obj.get("name").v.(string); ok {
+		if name = cleanLine(name, MaxFieldLen); name != "" {
+			return "Sentinel incident " + shortID(name)
+		}
+	}
+	return ""
 }
 
 func sentinelAlert(root node) (Alert, error) {

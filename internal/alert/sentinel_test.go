@@ -102,3 +102,26 @@ func TestSentinelNestedLenient(t *testing.T) {
 	_, err := Decode("sentinel", []byte(`{"SystemAlertId":"l","Entities":[{"Type":5}]}`), Options{})
 	wantFieldError(t, err, "Entities[0].Type")
 }
+
+// TestRefs: each alert carries the short reference people know it by.
+func TestRefs(t *testing.T) {
+	tests := []struct{ source, body, want string }{
+		{"sentinel", `{"object":{"id":"/subscriptions/s/providers/Microsoft.SecurityInsights/Incidents/g-1","name":"g-1","properties":{"incidentNumber":1042}}}`, "Sentinel incident #1042"},
+		{"sentinel", `{"object":{"id":"/x/Incidents/g-1","name":"g-1","properties":{"incidentNumber":"77"}}}`, "Sentinel incident #77"},
+		{"sentinel", `{"object":{"id":"/x/Incidents/g-1","name":"g-1","properties":{"incidentNumber":1.5}}}`, "Sentinel incident g-1"},
+		{"sentinel", `{"object":{"id":"/x/Incidents/g-2","properties":{}}}`, "Sentinel alert g-2"},
+		{"sentinel", `{"SystemAlertId":"2518_a1b2","AlertDisplayName":"x"}`, "Sentinel alert 2518_a1b2"},
+		{"defender", `{"id":"da637_1"}`, "Defender alert da637_1"},
+		{"graph", `{"value":[{"id":"da638_2"}]}`, "Graph security alert da638_2"},
+		{"defender", `{"id":"` + strings.Repeat("z", 100) + `"}`, "Defender alert " + strings.Repeat("z", maxRefIDLen) + "…"},
+	}
+	for _, tt := range tests {
+		got, err := Decode(tt.source, []byte(tt.body), Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.body, err)
+		}
+		if got[0].Ref != tt.want {
+			t.Errorf("%s: ref %q, want %q", tt.body, got[0].Ref, tt.want)
+		}
+	}
+}
