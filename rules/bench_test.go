@@ -32,7 +32,8 @@ func benchRules(n, celEvery int) string {
 
 func benchAlert() *alert.Alert {
 	return &alert.Alert{
-		ID: "da637", Source: "defender", Severity: domain.SeverityHigh, Title: "Suspicious PowerShell command line",
+		// Ref as Decode always sets it.
+		ID: "da637", Source: "defender", Ref: "Defender alert da637", Severity: domain.SeverityHigh, Title: "Suspicious PowerShell command line",
 		Category: "Execution", Tags: []string{"finance", "crown-jewel"}, URL: "https://security.microsoft.com/alerts/da637",
 		Devices: []alert.Device{{ID: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07", DNSName: "ws-01.corp.example"}},
 	}

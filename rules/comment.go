@@ -20,6 +20,8 @@ type commentData struct {
 	Rule   string
 	Alert  *alert.Alert
 	Device *alert.Device
+
+	ref string // .Alert.Ref, or its default when the alert has none
 }
 
 // commentTmpl renders a comment. Templates that are only text and plain
@@ -27,14 +29,22 @@ type commentData struct {
 // usual case) are rendered directly, without text/template's reflection;
 // anything else goes through text/template.
 type commentTmpl struct {
-	t     *template.Template
-	parts []part // nil when the template needs text/template
+	t       *template.Template
+	parts   []part // nil when the template needs text/template
+	usesRef bool   // parts name .Alert.Ref
 }
 
 type part struct {
 	text  string
 	field int // 0 for a text part, else an index into simpleFields
+	// with, when not nil, makes this part {{with .<field>}}...{{end}}: the
+	// parts inside are written only when the field is not empty, and a
+	// part with field dotField among them writes the field's value.
+	with []part
 }
+
+// dotField marks {{.}} inside a {{with}} part.
+const dotField = -1
 
 // simpleFields are the fields the direct renderer handles, by the name a
 // template uses. The renderer switches on the index rather than calling
@@ -43,13 +53,55 @@ var simpleFields = []string{
 	1: "Rule", 2: "Alert.ID", 3: "Alert.Source", 4: "Alert.Severity", 5: "Alert.Title",
 	6: "Alert.Description", 7: "Alert.Category", 8: "Alert.DetectionSource", 9: "Alert.ThreatFamily",
 	10: "Alert.Status", 11: "Alert.TenantID", 12: "Alert.URL", 13: "Alert.Skip",
-	14: "Device.ID", 15: "Device.DNSName", 16: "Device.AADDeviceID",
+	14: "Device.ID", 15: "Device.DNSName", 16: "Device.AADDeviceID", 17: "Alert.Ref",
 }
 
 func (p part) value(d *commentData) string {
-	switch p.field {
+	return fieldValue(p.field, p.text, d)
+}
+
+// size and write handle {{with}} parts; value is only for the others.
+func (p part) size(d *commentData) int {
+	v := p.value(d)
+	if p.with == nil {
+		return len(v)
+	}
+	if v == "" {
+		return 0
+	}
+	n := 0
+	for _, q := range p.with {
+		if q.field == dotField {
+			n += len(v)
+		} else {
+			n += len(q.value(d))
+		}
+	}
+	return n
+}
+
+func (p part) write(sb *strings.Builder, d *commentData) {
+	v := p.value(d)
+	if p.with == nil {
+		sb.WriteString(v)
+		return
+	}
+	if v == "" {
+		return
+	}
+	for _, q := range p.with {
+		if q.field == dotField {
+			sb.WriteString(v)
+		} else {
+			sb.WriteString(q.value(d))
+		}
+	}
+}
+
+func fieldValue(field int, text string, d *commentData) string {
+	switch field {
 	case 0:
-		return p.text
+		return text
 	case 1:
 		return d.Rule
 	case 2:
@@ -82,6 +134,8 @@ func (p part) value(d *commentData) string {
 		return d.Device.DNSName
 	case 16:
 		return d.Device.AADDeviceID
+	case 17:
+		return d.ref
 	}
 	return ""
 }
@@ -95,48 +149,104 @@ func newCommentTmpl(t *template.Template) *commentTmpl {
 	if len(t.Templates()) > 1 {
 		return ct // {{define}} blocks: leave to text/template
 	}
-	var parts []part
-	for _, n := range t.Tree.Root.Nodes {
-		switch n := n.(type) {
-		case *parse.TextNode:
-			parts = append(parts, part{text: string(n.Text)})
-		case *parse.ActionNode:
-			p := n.Pipe
-			if p == nil || len(p.Decl) > 0 || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
-				return ct
-			}
-			f, ok := p.Cmds[0].Args[0].(*parse.FieldNode)
-			if !ok {
-				return ct
-			}
-			idx := slices.Index(simpleFields, strings.Join(f.Ident, "."))
-			if idx <= 0 {
-				return ct
-			}
-			parts = append(parts, part{field: idx})
-		default:
-			return ct
-		}
+	parts, ok := simpleParts(t.Tree.Root.Nodes, true)
+	if !ok {
+		return ct
 	}
 	ct.parts = parts
+	ref := slices.Index(simpleFields, "Alert.Ref")
+	for _, p := range parts {
+		if p.field == ref {
+			ct.usesRef = true
+		}
+	}
 	if ct.parts == nil {
 		ct.parts = []part{}
 	}
 	return ct
 }
 
+// simpleParts turns template nodes into parts when they are only text,
+// plain field references and, at the top (top), {{with .Field}} blocks
+// without else whose body is only text and {{.}}; ok is false otherwise.
+func simpleParts(nodes []parse.Node, top bool) (parts []part, ok bool) {
+	for _, n := range nodes {
+		switch n := n.(type) {
+		case *parse.TextNode:
+			parts = append(parts, part{text: string(n.Text)})
+		case *parse.ActionNode:
+			if !top {
+				// Inside {{with}}, . is the field's value: only {{.}}.
+				if !isDot(n.Pipe) {
+					return nil, false
+				}
+				parts = append(parts, part{field: dotField})
+				continue
+			}
+			idx := simpleField(n.Pipe)
+			if idx <= 0 {
+				return nil, false
+			}
+			parts = append(parts, part{field: idx})
+		case *parse.WithNode:
+			idx := simpleField(n.Pipe)
+			if !top || idx <= 0 || n.ElseList != nil || n.List == nil {
+				return nil, false
+			}
+			inner, ok := simpleParts(n.List.Nodes, false)
+			if !ok {
+				return nil, false
+			}
+			if inner == nil {
+				inner = []part{}
+			}
+			parts = append(parts, part{field: idx, with: inner})
+		default:
+			return nil, false
+		}
+	}
+	return parts, true
+}
+
+// simpleField is the index in simpleFields of the one field a pipeline
+// names, or 0.
+func simpleField(p *parse.PipeNode) int {
+	if p == nil || len(p.Decl) > 0 || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return 0
+	}
+	f, ok := p.Cmds[0].Args[0].(*parse.FieldNode)
+	if !ok {
+		return 0
+	}
+	return max(slices.Index(simpleFields, strings.Join(f.Ident, ".")), 0)
+}
+
+func isDot(p *parse.PipeNode) bool {
+	if p == nil || len(p.Decl) > 0 || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	_, ok := p.Cmds[0].Args[0].(*parse.DotNode)
+	return ok
+}
+
 // render executes the template and cleans the result. A template that
 // fails on this alert (say, index out of range) yields ok=false.
 func (ct *commentTmpl) render(d *commentData, maxRunes int) (string, error) {
 	if ct.parts != nil {
+		// Alerts stored before Ref existed have none: give them the same
+		// default Decode gives today (computed once per render).
+		d.ref = d.Alert.Ref
+		if d.ref == "" && ct.usesRef {
+			d.ref = alert.DefaultRef(d.Alert)
+		}
 		n := 0
 		for _, p := range ct.parts {
-			n += len(p.value(d))
+			n += p.size(d)
 		}
 		var sb strings.Builder
 		sb.Grow(n)
 		for _, p := range ct.parts {
-			sb.WriteString(p.value(d))
+			p.write(&sb, d)
 		}
 		return sanitize(sb.String(), maxRunes), nil
 	}
@@ -243,7 +353,7 @@ func sampleData() *commentData {
 			Description: "sample description", Category: "Malware", DetectionSource: "sample",
 			ThreatFamily: "sample", Status: "new", MitreTechniques: []string{"T1486"},
 			Tags: []string{"sample"}, TenantID: "00000000-0000-0000-0000-000000000000",
-			Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), URL: "https://example.invalid/alert",
+			Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), URL: "https://example.invalid/alert", Ref: "sample alert sample-id",
 			Devices: []alert.Device{{ID: strings.Repeat("0", 40), DNSName: "host.example.invalid"}},
 			Dropped: []alert.DroppedDevice{{Value: "x", Reason: "sample"}},
 		},

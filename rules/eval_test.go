@@ -333,7 +333,8 @@ func TestComments(t *testing.T) {
 		want    string
 		wantLen int
 	}{
-		{"built-in default", "", 0, "Ransom", "scanhook r: defender alert da1 (high) Ransom https://security.microsoft.com/alerts/da1", 0},
+		{"built-in default", "", 0, "Ransom", `scanhook: Defender alert da1 "Ransom" (high) matched rule r. https://security.microsoft.com/alerts/da1`, 0},
+		{"built-in default without title", "", 0, "", `scanhook: Defender alert da1 (high) matched rule r. https://security.microsoft.com/alerts/da1`, 0},
 		{"device fields", "{{.Rule}} on {{.Device.DNSName}} ({{.Device.ID}})", 0, "x", "r on ws-01.corp.example (" + idA + ")", 0},
 		{"control characters stripped", "{{.Alert.Title}}", 0, "a\x00b\x1b[31mc\u202ed\r\ne\tf\x7f", "ab[31mcd e f", 0},
 		{"spaces collapsed and trimmed", "  {{.Rule}}   {{.Alert.Description}}  {{.Alert.ID}} ", 0, "x", "r da1", 0},
@@ -374,7 +375,7 @@ func TestCommentTemplateFailsAtRuntime(t *testing.T) {
 	a := sampleAlert()
 	a.Tags = nil
 	d := rs.Evaluate(a)[0]
-	if d.Scan != domain.ScanFull || !strings.HasPrefix(d.Comment, "scanhook r: defender alert da1") || !strings.Contains(d.Reason, "comment template failed") {
+	if d.Scan != domain.ScanFull || !strings.HasPrefix(d.Comment, `scanhook: Defender alert da1 "`) || !strings.Contains(d.Reason, "comment template failed") {
 		t.Errorf("%+v", d)
 	}
 }
@@ -480,7 +481,7 @@ func TestExampleRules(t *testing.T) {
 func TestEmptyCommentFallsBack(t *testing.T) {
 	rs := mustLoad(t, "rules:\n  - name: r\n    scan: Quick\n    comment: '{{.Alert.Description}}'\n")
 	d := rs.Evaluate(sampleAlert())[0]
-	if !strings.HasPrefix(d.Comment, "scanhook r: defender alert da1") || !strings.Contains(d.Reason, "comment rendered empty") {
+	if !strings.HasPrefix(d.Comment, `scanhook: Defender alert da1 "`) || !strings.Contains(d.Reason, "comment rendered empty") {
 		t.Errorf("%+v", d)
 	}
 }

@@ -76,8 +76,12 @@ const maxLoadErrors = 100
 const DefaultCooldown = 6 * time.Hour
 
 // DefaultComment is the comment template when the file sets no
-// defaults.comment.
-const DefaultComment = "scanhook {{.Rule}}: {{.Alert.Source}} alert {{.Alert.ID}} ({{.Alert.Severity}}) {{.Alert.Title}} {{.Alert.URL}}"
+// defaults.comment. It reads well in Defender's action center: the alert
+// as people know it (.Alert.Ref, such as "Sentinel incident #1042", rather
+// than a long resource id), its title, severity, the rule and one link, as
+// in `scanhook: Sentinel incident #1042 "Ransomware activity" (high)
+// matched rule ransomware-full. https://portal.azure.com/...`.
+const DefaultComment = `scanhook: {{.Alert.Ref}}{{with .Alert.Title}} "{{.}}"{{end}} ({{.Alert.Severity}}) matched rule {{.Rule}}.{{with .Alert.URL}} {{.}}{{end}}`
 
 // Decision is what the rules say about one device of one alert.
 type Decision struct {

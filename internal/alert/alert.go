@@ -9,6 +9,7 @@ package alert
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/scanhook/scanhook/internal/domain"
@@ -59,7 +60,13 @@ type Alert struct {
 	TenantID        string          `json:"tenant_id,omitempty"`
 	Time            time.Time       `json:"time,omitzero"`
 	// URL points back to the alert in its own console.
-	URL     string          `json:"url,omitempty"`
+	URL string `json:"url,omitempty"`
+	// Ref is a short reference a person can use to find the alert in its
+	// own console, such as "Sentinel incident #1042" or "Defender alert
+	// da637472900382838869_1364969609". Decoders that know the source's
+	// own short name for an alert set it; Decode fills in DefaultRef for
+	// the others.
+	Ref     string          `json:"ref,omitempty"`
 	Devices []Device        `json:"devices"`
 	Dropped []DroppedDevice `json:"dropped,omitempty"`
 	// Skip, when set, says why scanhook must not act on this alert at all
@@ -69,4 +76,47 @@ type Alert struct {
 	// Raw is this alert's own part of the body as sent (for raw.<path> in
 	// rules and for the audit trail).
 	Raw json.RawMessage `json:"-"`
+}
+
+// sourceNames are the sources' names as people write them, for Ref.
+var sourceNames = map[string]string{
+	domain.SourceDefender:     "Defender",
+	domain.SourceGraph:        "Graph security",
+	domain.SourceSentinel:     "Sentinel",
+	domain.SourceAzureMonitor: "Azure Monitor",
+	domain.SourceSplunk:       "Splunk",
+	domain.SourceElastic:      "Elastic",
+	domain.SourceAlertmanager: "Alertmanager",
+	domain.SourceGeneric:      "generic",
+}
+
+// maxRefIDLen caps the id part of a Ref, in runes.
+const maxRefIDLen = 64
+
+// DefaultRef is the reference for an alert whose decoder sets no Ref: the
+// source's name and "alert" and the id, shortened to its last path segment
+// when it is a path (an Azure resource id), and cut to 64 characters.
+func DefaultRef(a *Alert) string {
+	name := sourceNames[a.Source]
+	if name == "" {
+		name = a.Source
+	}
+	return strings.TrimSpace(name + " alert " + shortID(a.ID))
+}
+
+// shortID is the part of id a person can read and search for: the last
+// segment of a path, cut to maxRefIDLen runes ("…" marks a cut).
+func shortID(id string) string {
+	id = strings.TrimSpace(id)
+	if i := strings.LastIndexByte(strings.TrimRight(id, "/"), '/'); i >= 0 {
+		id = strings.TrimRight(id, "/")[i+1:]
+	}
+	n := 0
+	for i := range id {
+		if n == maxRefIDLen {
+			return id[:i] + "…"
+		}
+		n++
+	}
+	return id
 }

@@ -107,6 +107,9 @@ func Decode(source string, body []byte, opts Options) ([]Alert, error) {
 	}
 	for i := range alerts {
 		alerts[i].Source = source
+		if alerts[i].Ref == "" {
+			alerts[i].Ref = DefaultRef(&alerts[i])
+		}
 		if alerts[i].Devices == nil {
 			alerts[i].Devices = []Device{}
 		}

@@ -39,6 +39,7 @@ func decodeDefender(root node, body []byte, _ Options) ([]Alert, error) {
 			return Alert{}, err
 		}
 		a.ID = id
+		a.Ref = "Defender alert " + shortID(id)
 		a.URL = defenderConsole + url.PathEscape(id)
 		var ds deviceSet
 		ds.add(machineID, dnsName, "")
@@ -91,6 +92,7 @@ func decodeGraph(root node, body []byte, _ Options) ([]Alert, error) {
 			return Alert{}, err
 		}
 		a.ID = id
+		a.Ref = "Graph security alert " + shortID(id)
 		ds.fill(&a)
 		return a, nil
 	})
