@@ -38,13 +38,7 @@ type checkpointConfig struct {
 	// Short on purpose: each checkpoint copies pages into the database
 	// file and fsyncs it, and the writer's own fsyncs wait behind that
 	// flush. Many small flushes disturb them far less than a few large
-	// ones. Measured with scripts/load.sh at 2,000 alerts/s:
-	//   - on a 320 MB database, the p99 of single seconds was 60-90 ms
-	//     at 100 ms, 15-42 ms at 20 ms, and 100-138 ms every other
-	//     second with one checkpoint a second; 14-25 ms with none at all;
-	//   - on a new file, the p99 after the first 5 s was 22.5-35.6 ms at
-	//     20 ms against 30.7-39.8 ms at 100 ms; 10 ms was no better;
-	//   - the price: 5% more CPU and a fifth more disk writes.
+	// ones, for a little more CPU and disk writing (docs/performance.md).
 	poll time.Duration
 	// interval: a PASSIVE checkpoint at least this often while commits come in.
 	interval time.Duration
@@ -58,12 +52,11 @@ type checkpointConfig struct {
 	// sustained load, and also the writer's journal_size_limit, so a burst
 	// larger than it does not leave a larger file behind.
 	//
-	// Each RESTART parks the writer for 1-7 ms (measured on 2 cores: it
-	// copies the frames written since the last PASSIVE and fsyncs), so it is
-	// rare on purpose: at 16 MiB it ran several times a second under the
-	// benchmark and doubled the p99 latency, at 64 MiB the p99 is below the
-	// automatic checkpoint's. A file that size is also overwritten in place
-	// between restarts, which is cheaper than growing it again.
+	// Each RESTART parks the writer (it copies the frames written since
+	// the last PASSIVE and fsyncs), so it is rare on purpose: a small
+	// bound makes it run several times a second under load. A file that
+	// size is also overwritten in place between restarts, which is cheaper
+	// than growing it again.
 	restartAt int64
 	// idle: a checkpoint of every frame once no commit has come for this
 	// long, so the database file alone is complete while nothing happens.
@@ -107,8 +100,8 @@ const checkpointBusyTimeoutMS = 200
 // itself, in place. A TRUNCATE there (as this once did) resets the log under
 // the writer, which makes it drop its page cache, and leaves the file to
 // grow again block by block, each commit's fsync then also committing the
-// file system's journal: on the load script, a burst after five idle
-// seconds spent its first half second at p99 100-300 ms instead of 30 ms.
+// file system's journal, which made the first half second of a burst after
+// an idle spell several times slower.
 type checkpointer struct {
 	db       *sql.DB
 	log      *slog.Logger
