@@ -52,6 +52,8 @@
 #   STRICT=1          exit 2 when a performance target is missed
 #   SCANHOOK_BIN      a scanhook binary to test instead of building one
 #                     (A/B runs of two builds under the same conditions)
+#   RULES             a rule file instead of examples/rules.yaml (an A/B run
+#                     against a build that predates a change to the examples)
 #   SCANHOOK_ENV      extra environment for scanhook only, e.g.
 #                     "GOGC=400 GOMEMLIMIT=120MiB"
 #   LOG_LEVEL=warn    scanhook's log level (info logs a line per request)
@@ -210,7 +212,7 @@ log "defender-sim at $SIM_URL with $(jq '.value | length' "$WORK/machines.json")
 # --- scanhook -----------------------------------------------------------------
 PORT=$("$WORK/bin/loadgen" port)
 BASE="http://127.0.0.1:$PORT"
-cp examples/rules.yaml "$WORK/rules.yaml"
+cp "${RULES:-examples/rules.yaml}" "$WORK/rules.yaml"
 if [[ -n ${START_DB:-} ]]; then
 	cp "$START_DB" "$WORK/scanhook.db" || die "cannot copy START_DB $START_DB"
 fi
