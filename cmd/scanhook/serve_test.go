@@ -239,6 +239,19 @@ func TestDemo(t *testing.T) {
 	if code != http.StatusAccepted || res["duplicate"] != true || res["receipt"] != receipt { //nolint:revive // res["duplicate"] is an any, not a bool
 		t.Fatalf("redelivery: %d %v", code, res)
 	}
+	// The banner's Entra ID delivery: the simulator's token, no shared
+	// secret, for the same incident (so the same receipt).
+	entraToken, err := os.ReadFile(filepath.Join(dir, "entra-token"))
+	if err != nil || !strings.Contains(s.stdout.String(), filepath.Join(dir, "entra-token")) {
+		t.Fatalf("the banner's Entra ID token file: %v", err)
+	}
+	code, res = post(t, base+"/v1/webhooks/sentinel", string(entraToken), body)
+	if code != http.StatusAccepted || res["receipt"] != receipt {
+		t.Fatalf("with the Entra ID token: %d %v", code, res)
+	}
+	if code, _ = post(t, base+"/v1/webhooks/defender", string(entraToken), body); code != http.StatusUnauthorized {
+		t.Fatalf("the sentinel source's Entra ID token on the defender source: %d, want 401", code)
+	}
 
 	// SIGTERM stops it cleanly.
 	s.stop(t)

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/scanhook/scanhook/examples"
 	"github.com/scanhook/scanhook/internal/config"
@@ -25,6 +26,14 @@ import (
 // demoListen is where the demo listens unless told otherwise; if it is
 // taken, the demo picks a free port rather than failing a first-time user.
 const demoListen = "127.0.0.1:8080"
+
+// The demo's Entra ID sender: scanhook's app ID URI, the Logic App's managed
+// identity and the app role it was granted.
+const (
+	demoAudience   = "api://scanhook-demo"
+	demoLogicAppID = "5b0c7c62-7c0e-4f3a-9d1e-0d3f2a9b6c41"
+	demoRole       = "Alerts.Submit"
+)
 
 // demoMachines are the devices the demo's sample alerts name, so that their
 // scans succeed in the simulator; fin-ws-022 is named by DNS only in the
@@ -69,6 +78,16 @@ func RunDemo(ctx context.Context, env Env, listen string) error {
 		tokens[s] = randomHex(16)
 		files["webhook-token-"+s] = []byte(tokens[s])
 	}
+	// The sentinel source also takes Entra ID tokens, as a Logic App with a
+	// managed identity sends them; the simulator is the issuer.
+	entraToken, err := sim.MintSenderToken(defendersim.SenderToken{
+		Audience: demoAudience, ObjectID: demoLogicAppID, Roles: []string{demoRole},
+		Expires: time.Now().Add(24 * time.Hour),
+	})
+	if err != nil {
+		return fmt.Errorf("demo: Entra ID token: %w", err)
+	}
+	files["entra-token"] = []byte(entraToken)
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			return fmt.Errorf("demo: write %s: %w", name, err)
@@ -93,6 +112,10 @@ func RunDemo(ctx context.Context, env Env, listen string) error {
 		fmt.Fprintf(&sources, "  %[1]s:\n    auth:\n      bearer_token_file: webhook-token-%[1]s\n", s)
 		if s == domain.SourceSplunk {
 			fmt.Fprintf(&sources, "      query_token_file: webhook-token-%s\n", s)
+		}
+		if s == domain.SourceSentinel {
+			fmt.Fprintf(&sources, "      entra: {tenant_ids: [%s], audiences: [%s], allowed_object_ids: [%s], required_roles: [%s]}\n",
+				defendersim.DefaultTenantID, demoAudience, demoLogicAppID, demoRole)
 		}
 	}
 	cfgText := fmt.Sprintf(`# Written by scanhook serve --demo. Every path is relative to this file.
@@ -160,6 +183,11 @@ Or the audit trail, newest first:
   curl -sS -H 'Authorization: Bearer %[4]s' '%[1]s/v1/scans?limit=10'
 
 Send the same alert again: the same receipt comes back with "duplicate": true, and nothing new is queued.
+
+Or send it as a Logic App with a managed identity would, with an Entra ID token and no shared
+secret (the simulator issued it; see docs/entra-id.md):
+  curl -sS -H "Authorization: Bearer $(cat %[2]s/entra-token)" -H 'Content-Type: application/json' \
+    --data-binary @%[2]s/sentinel-incident.json %[1]s/v1/webhooks/sentinel
 `, base, dir, simURL, token, post("sentinel", "sentinel-incident.json"), post("defender", "defender-alert.json"))
 }
 
