@@ -318,10 +318,15 @@ func TestEdgeCases(t *testing.T) {
 		{name: "splunk multivalue devices and numeric severity", source: "splunk", body: td("splunk-device.json"), want: []want{{
 			ID: "rt_scheduler__admin__search__RMD5_at_1714900000_42", Severity: domain.SeverityHigh, Title: "EDR - Malware on endpoint",
 			URL: "https://splunk.example.com:8000/app/search/@go?sid=rt_scheduler__admin__search__RMD5_at_1714900000_42",
+			// Both lists are sorted with no repeats, as values() gives
+			// them: which id goes with which name is unknown, so each
+			// value is its own device, and the id "bad" has no name.
 			Devices: []Device{
-				{ID: "9999999999999999999999999999999999999999", DNSName: "ws-10.corp.example.com"},
+				{ID: "9999999999999999999999999999999999999999"},
+				{DNSName: "ws-10.corp.example.com"},
 				{DNSName: "ws-11.corp.example.com"},
 			},
+			Dropped: []string{"bad"},
 		}}},
 		{name: "elastic nested form, bare array, recovered", source: "elastic", body: td("elastic-nested.json"), want: []want{{
 			ID: "5a1d0c3e9b8f7a6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d", Severity: domain.SeverityCritical, Title: "Malware Prevention Alert",
