@@ -313,7 +313,7 @@ func TestEdgeCases(t *testing.T) {
 		{name: "azure monitor fired with custom properties", source: "azuremonitor", body: td("azuremonitor-fired-custom.json"), want: []want{{
 			ID:       "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.AlertsManagement/alerts/9f8e7d6c-0000-4000-8000-000000000004",
 			Severity: domain.SeverityHigh, Title: "Defender AV detection",
-			URL:     "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F9f8e7d6c-0000-4000-8000-000000000004",
+			URL: "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F9f8e7d6c-0000-4000-8000-000000000004",
 			// The custom properties name the device, so it is the only
 			// one; plain configurationItems never were proof of a machine.
 			Devices: []Device{{ID: "ffffffffffffffffffffffffffffffffffffffff", DNSName: "vm-app-01"}},
