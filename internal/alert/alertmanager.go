@@ -15,12 +15,14 @@ import (
 // severity (sources.alertmanager.labels in the service config). Empty fields
 // take the defaults.
 type AlertmanagerOptions struct {
-	// DeviceIDLabels: the first one present gives the Defender machine id.
-	// Default: machine_id, mde_device_id.
+	// DeviceIDLabels: the first one that holds a machine id (40 hex) gives
+	// it. Default: machine_id, mde_device_id.
 	DeviceIDLabels []string `yaml:"device_id_labels"`
-	// DNSNameLabels: the first one present gives the DNS name; a ":port"
-	// suffix is removed (instance is usually host:port).
-	// Default: instance, host, hostname.
+	// DNSNameLabels: the first one whose value (":port" removed, as
+	// instance is usually host:port) is a usable host name gives the DNS
+	// name; an IP address or localhost is skipped for the next label.
+	// Default: instance, host, hostname, host_name, nodename. The service
+	// config sets it from sources.alertmanager.device_fields too.
 	DNSNameLabels []string `yaml:"dns_name_labels"`
 	// SeverityLabel holds the severity word. Default: severity.
 	SeverityLabel string `yaml:"severity_label"`
@@ -29,7 +31,7 @@ type AlertmanagerOptions struct {
 // Default label names of AlertmanagerOptions.
 var (
 	defaultDeviceIDLabels = []string{"machine_id", "mde_device_id"}
-	defaultDNSNameLabels  = []string{"instance", "host", "hostname"}
+	defaultDNSNameLabels  = []string{"instance", "host", "hostname", "host_name", "nodename"}
 )
 
 const defaultSeverityLabel = "severity"
@@ -149,7 +151,7 @@ func decodeAlertmanager(root node, body []byte, opts Options) ([]Alert, error) {
 			return Alert{}, err
 		}
 		var ds deviceSet
-		ds.add(firstLabel(labels, o.DeviceIDLabels), stripPort(firstLabel(labels, o.DNSNameLabels)), "")
+		ds.addFirst(firstUsableID(labelValues(labels, o.DeviceIDLabels, false)), labelValues(labels, o.DNSNameLabels, true), "")
 		ds.fill(&a)
 		return a, nil
 	})
@@ -188,13 +190,18 @@ func labelsHash(labels map[string]string) string {
 	return "labels-" + hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-func firstLabel(labels map[string]string, names []string) string {
+// labelValues returns the values of the named labels, in the order of names,
+// with a ":port" suffix removed when port is set.
+func labelValues(labels map[string]string, names []string, port bool) []string {
+	out := make([]string, 0, len(names))
 	for _, n := range names {
-		if v := strings.TrimSpace(labels[n]); v != "" {
-			return v
+		v := strings.TrimSpace(labels[n])
+		if port {
+			v = stripPort(v)
 		}
+		out = append(out, v)
 	}
-	return ""
+	return out
 }
 
 func firstNonEmpty(ss ...string) string {
@@ -208,6 +215,9 @@ func firstNonEmpty(ss ...string) string {
 
 // stripPort removes a ":port" suffix (Prometheus' instance label).
 func stripPort(s string) string {
+	if _, isIP := parseIP(s); isIP {
+		return s // an IPv6 address, whose last group is not a port
+	}
 	i := strings.LastIndexByte(s, ':')
 	if i < 0 || i == len(s)-1 || strings.Trim(s[i+1:], "0123456789") != "" {
 		return s

@@ -2,7 +2,9 @@ package alert
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -50,13 +52,57 @@ func ValidDNSName(s string) bool {
 }
 
 // normalizeDNSName returns the checked, lower-cased form of s without its
-// trailing dot, or "" when s is not a host name.
+// trailing dot, or "" when s cannot name a device (see dnsNameProblem).
 func normalizeDNSName(s string) string {
 	s = strings.TrimSpace(s)
-	if !ValidDNSName(s) {
+	if dnsNameProblem(s) != "" {
 		return ""
 	}
 	return strings.ToLower(strings.TrimSuffix(s, "."))
+}
+
+// dnsNameProblem says why s cannot name a device, or "" when it can: it must
+// be a host name (ValidDNSName), and not one that means "this host" to
+// whoever reads it. An IP address is never a DNS name: scanhook does not
+// resolve addresses to devices.
+func dnsNameProblem(s string) string {
+	s = strings.TrimSpace(s)
+	if ip, ok := parseIP(s); ok {
+		switch {
+		case ip.IsLoopback():
+			return "a loopback IP address, never a device"
+		case ip.IsLinkLocalUnicast():
+			return "a link-local IP address, never a device"
+		}
+		return "an IP address, not a DNS name (scanhook does not look devices up by IP)"
+	}
+	if !ValidDNSName(s) {
+		return "not a valid host name"
+	}
+	if localHostName(s) {
+		return "a name for the local host (localhost, loopback), never a device"
+	}
+	return ""
+}
+
+// parseIP reads an IPv4 or IPv6 address, also in brackets or with a zone.
+func parseIP(s string) (netip.Addr, bool) {
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	ip, err := netip.ParseAddr(s)
+	return ip, err == nil
+}
+
+// localHostName reports the names that resolve to the host itself on common
+// systems: localhost and its subdomains (RFC 6761), and the loopback aliases
+// of /etc/hosts (localhost.localdomain, ip6-localhost, ip6-loopback, ...).
+func localHostName(s string) bool {
+	s = strings.ToLower(strings.TrimSuffix(s, "."))
+	switch s {
+	case "localhost", "localhost.localdomain", "localhost4", "localhost4.localdomain4",
+		"localhost6", "localhost6.localdomain6", "ip6-localhost", "ip6-loopback":
+		return true
+	}
+	return strings.HasSuffix(s, ".localhost")
 }
 
 // validGUID reports whether s is a GUID in its usual 8-4-4-4-12 form (the
@@ -235,7 +281,7 @@ func (d *deviceSet) add(id, dns, aad string) {
 			why = append(why, "machine id is not 40 hexadecimal characters")
 		}
 		if dns != "" {
-			why = append(why, "DNS name is not a valid host name")
+			why = append(why, "DNS name is "+dnsNameProblem(dns))
 		} else {
 			why = append(why, "no DNS name")
 		}
@@ -285,21 +331,105 @@ func (d *deviceSet) add(id, dns, aad string) {
 	d.devices = append(d.devices, dev)
 }
 
-// addPairs adds devices from parallel lists (multivalue fields): ids[i] goes
-// with names[i].
-func (d *deviceSet) addPairs(ids, names []string) {
-	n := max(len(ids), len(names))
-	for i := 0; i < n; i++ {
-		var id, name string
-		if i < len(ids) {
-			id = ids[i]
+// addFirst adds one device named by the first usable of several candidate
+// names (fields tried in order): a present but unusable name, such as an IP
+// address where a later field holds the host name, is skipped rather than
+// fatal. When none is usable the device stands on id and aad, or is dropped
+// with the first present name as its value.
+func (d *deviceSet) addFirst(id string, names []string, aad string) {
+	d.add(id, firstUsableName(names), aad)
+}
+
+// firstUsableName returns the first of names that can name a device, else
+// the first non-empty one (for the dropped entry's value and reason).
+func firstUsableName(names []string) string {
+	first := ""
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			continue
 		}
-		if i < len(names) {
-			name = names[i]
+		if dnsNameProblem(n) == "" {
+			return n
 		}
-		d.add(id, name, "")
+		if first == "" {
+			first = n
+		}
+	}
+	return first
+}
+
+// firstUsableID is firstUsableName for machine ids.
+func firstUsableID(ids []string) string {
+	first := ""
+	for _, id := range ids {
+		id = strings.TrimSpace(id)
+		if id == "" {
+			continue
+		}
+		if ValidMachineID(id) {
+			return id
+		}
+		if first == "" {
+			first = id
+		}
+	}
+	return first
+}
+
+// addLists adds the devices of multivalue fields: ids from one field, names
+// from another, of the same result. The n-th id goes with the n-th name only
+// when the two lists can be paired: the same length, and not both in sorted
+// order with no repeats when longer than one. That is what Splunk's values()
+// gives, sorting each field on its own, so that its n-th id and n-th name
+// need not belong to one device. Otherwise each value is its own device:
+// that may leave a name and an id of one machine apart (the dispatcher finds
+// the machine either way), but never puts one device's name on another's id.
+func (d *deviceSet) addLists(ids, names []string) {
+	ids, names = nonEmpty(ids), nonEmpty(names)
+	if len(ids) == len(names) && (len(ids) == 1 || !(strictlySorted(ids) && strictlySorted(names))) {
+		for i := range ids {
+			d.add(ids[i], names[i], "")
+		}
+		return
+	}
+	for _, id := range ids {
+		d.add(id, "", "")
+	}
+	for _, n := range names {
+		d.add("", n, "")
 	}
 }
+
+func strictlySorted(l []string) bool {
+	for i := 1; i < len(l); i++ {
+		if l[i-1] >= l[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// firstUsableList returns, of lists (the values of candidate fields in
+// order), the first that holds a usable value, else the first non-empty one.
+func firstUsableList(lists [][]string, usable func(string) bool) []string {
+	var first []string
+	for _, l := range lists {
+		l = nonEmpty(l)
+		if len(l) == 0 {
+			continue
+		}
+		if slices.ContainsFunc(l, usable) {
+			return l
+		}
+		if first == nil {
+			first = l
+		}
+	}
+	return first
+}
+
+func usableName(s string) bool { return dnsNameProblem(s) == "" }
 
 func (d *deviceSet) fill(a *Alert) {
 	a.Devices = d.devices

@@ -56,6 +56,7 @@ func (e *FieldError) Error() string { return fmt.Sprintf("%s: %s", e.Field, e.Ms
 // documented defaults.
 type Options struct {
 	Alertmanager AlertmanagerOptions
+	Splunk       SplunkOptions
 	// Generic is the mapping for the generic source; nil makes that source
 	// answer ErrNoMapping.
 	Generic *GenericMapping

@@ -182,6 +182,8 @@ func TestPublishedSamples(t *testing.T) {
 			ID:       "/subscriptions/12345a-1234b-123c-123d-12345678e/providers/Microsoft.AlertsManagement/alerts/12345a-1234b-123c-123d-12345678e",
 			Severity: domain.SeverityInformational, Title: "AcmeRule", Status: "Fired", Category: "Log",
 			URL: "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F12345a-1234b-123c-123d-12345678e%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F12345a-1234b-123c-123d-12345678e",
+			// The target and the ResourceId dimension are the VM testvm.
+			Devices: []Device{{DNSName: "testvm"}},
 		}}},
 		{name: "azure-monitor-common-alert-metric (Resolved)", source: "azuremonitor", body: sample(t, "azure-monitor-common-alert-metric.json"), rawIsBody: true, want: []want{{
 			ID:       "/subscriptions/<subscription ID>/providers/Microsoft.AlertsManagement/alerts/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e",
@@ -311,17 +313,23 @@ func TestEdgeCases(t *testing.T) {
 		{name: "azure monitor fired with custom properties", source: "azuremonitor", body: td("azuremonitor-fired-custom.json"), want: []want{{
 			ID:       "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.AlertsManagement/alerts/9f8e7d6c-0000-4000-8000-000000000004",
 			Severity: domain.SeverityHigh, Title: "Defender AV detection",
-			URL:     "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F9f8e7d6c-0000-4000-8000-000000000004",
-			Devices: []Device{{ID: "ffffffffffffffffffffffffffffffffffffffff", DNSName: "vm-app-01"}, {DNSName: "vm-app-02"}},
-			Dropped: []string{"bad name!"},
+			URL: "https://portal.azure.com/#blade/Microsoft_Azure_Monitoring/AlertDetailsTemplateBlade/alertId/%2Fsubscriptions%2F00000000-0000-0000-0000-000000000000%2Fproviders%2FMicrosoft.AlertsManagement%2Falerts%2F9f8e7d6c-0000-4000-8000-000000000004",
+			// The custom properties name the device, so it is the only
+			// one; plain configurationItems never were proof of a machine.
+			Devices: []Device{{ID: "ffffffffffffffffffffffffffffffffffffffff", DNSName: "vm-app-01"}},
 		}}},
 		{name: "splunk multivalue devices and numeric severity", source: "splunk", body: td("splunk-device.json"), want: []want{{
 			ID: "rt_scheduler__admin__search__RMD5_at_1714900000_42", Severity: domain.SeverityHigh, Title: "EDR - Malware on endpoint",
 			URL: "https://splunk.example.com:8000/app/search/@go?sid=rt_scheduler__admin__search__RMD5_at_1714900000_42",
+			// Both lists are sorted with no repeats, as values() gives
+			// them: which id goes with which name is unknown, so each
+			// value is its own device, and the id "bad" has no name.
 			Devices: []Device{
-				{ID: "9999999999999999999999999999999999999999", DNSName: "ws-10.corp.example.com"},
+				{ID: "9999999999999999999999999999999999999999"},
+				{DNSName: "ws-10.corp.example.com"},
 				{DNSName: "ws-11.corp.example.com"},
 			},
+			Dropped: []string{"bad"},
 		}}},
 		{name: "elastic nested form, bare array, recovered", source: "elastic", body: td("elastic-nested.json"), want: []want{{
 			ID: "5a1d0c3e9b8f7a6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d", Severity: domain.SeverityCritical, Title: "Malware Prevention Alert",

@@ -36,7 +36,8 @@ func TestDocYAMLExamples(t *testing.T) {
 	var cfg struct {
 		Sources struct {
 			Alertmanager struct {
-				Labels AlertmanagerOptions `yaml:"labels"`
+				DeviceFields []string            `yaml:"device_fields"`
+				Labels       AlertmanagerOptions `yaml:"labels"`
 			} `yaml:"alertmanager"`
 			Generic struct {
 				Mapping GenericMapping `yaml:"mapping"`
@@ -51,6 +52,10 @@ func TestDocYAMLExamples(t *testing.T) {
 		}
 	}
 	am := cfg.Sources.Alertmanager.Labels
+	if len(am.DNSNameLabels) > 0 {
+		t.Errorf("the example sets labels.dns_name_labels beside device_fields, which the config refuses")
+	}
+	am.DNSNameLabels = cfg.Sources.Alertmanager.DeviceFields
 	if err := am.Validate(); err != nil {
 		t.Error(err)
 	}

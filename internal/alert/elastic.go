@@ -67,7 +67,7 @@ func decodeElastic(root node, body []byte, _ Options) ([]Alert, error) {
 		// host.id is the Elastic agent's id: used only in the rare case it is
 		// a Defender machine id, by the general rule that only 40 hex is.
 		ids := r.strs(n.lookup("host.id"))
-		names := r.firstList(n.lookup("host.name"), n.lookup("host.hostname"))
+		names := firstUsableList([][]string{r.strs(n.lookup("host.name")), r.strs(n.lookup("host.hostname"))}, usableName)
 		if r.err != nil {
 			return Alert{}, r.err
 		}
@@ -77,7 +77,7 @@ func decodeElastic(root node, body []byte, _ Options) ([]Alert, error) {
 		}
 		a.ID = id
 		var ds deviceSet
-		ds.addPairs(ids, names)
+		ds.addLists(ids, names)
 		ds.fill(&a)
 		return a, nil
 	})

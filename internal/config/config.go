@@ -68,7 +68,15 @@ type Source struct {
 	Mapping *alert.GenericMapping `yaml:"mapping"`
 	// Labels names the Alertmanager labels that carry device and severity.
 	Labels *alert.AlertmanagerOptions `yaml:"labels"`
+	// DeviceFields are the fields (Alertmanager: labels) that name the
+	// device, tried in order; the first usable host name wins. Empty means
+	// the source's default list. For alertmanager it is the same list as
+	// labels.dns_name_labels, which it replaces: set one, not both.
+	DeviceFields []string `yaml:"device_fields"`
 }
+
+// deviceFieldSources take device_fields.
+var deviceFieldSources = []string{domain.SourceAlertmanager, domain.SourceSplunk}
 
 // Auth names where a source's credentials are. Each may instead come from
 // the environment: SCANHOOK_<SOURCE>_BEARER_TOKEN, _HMAC_SECRET, _QUERY_TOKEN.
@@ -376,6 +384,9 @@ func (v *validator) check(c *Config) {
 				v.errorf(append(p, "labels"), "sources.alertmanager.labels: %v", err)
 			}
 		}
+		if len(s.DeviceFields) > 0 {
+			v.checkDeviceFields(p, name, s)
+		}
 		if name == "generic" && s.Mapping == nil {
 			v.errorf(p, "sources.generic: a mapping is required for the generic source")
 		}
@@ -416,6 +427,32 @@ func (v *validator) check(c *Config) {
 	case "debug", "info", "warn", "error":
 	default:
 		v.errorf([]string{"log", "level"}, "log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+}
+
+// checkDeviceFields: only the sources whose device fields are configurable
+// take them, each a usable name (Alertmanager: a Prometheus label name).
+func (v *validator) checkDeviceFields(p []string, name string, s Source) {
+	at := append(slices.Clone(p), "device_fields")
+	if !slices.Contains(deviceFieldSources, name) {
+		v.errorf(at, "sources.%s.device_fields: only %s take device_fields", name, strings.Join(deviceFieldSources, " and "))
+		return
+	}
+	var err error
+	if name == domain.SourceAlertmanager {
+		if s.Labels != nil && len(s.Labels.DNSNameLabels) > 0 {
+			v.errorf(at, "sources.alertmanager: device_fields and labels.dns_name_labels are the same list; set device_fields only")
+			return
+		}
+		err = alert.AlertmanagerOptions{DNSNameLabels: s.DeviceFields}.Validate()
+		if err != nil {
+			err = errors.New(strings.ReplaceAll(err.Error(), "dns_name_labels: ", ""))
+		}
+	} else {
+		err = alert.ValidateFieldNames(s.DeviceFields)
+	}
+	if err != nil {
+		v.errorf(at, "sources.%s.device_fields: %v", name, err)
 	}
 }
 
@@ -676,8 +713,16 @@ func cause(err error) error {
 // AlertOptions is what the decoders need from the sources' settings.
 func (c *Config) AlertOptions() alert.Options {
 	var o alert.Options
-	if s, ok := c.Sources["alertmanager"]; ok && s.Labels != nil {
-		o.Alertmanager = *s.Labels
+	if s, ok := c.Sources["alertmanager"]; ok {
+		if s.Labels != nil {
+			o.Alertmanager = *s.Labels
+		}
+		if len(s.DeviceFields) > 0 {
+			o.Alertmanager.DNSNameLabels = s.DeviceFields
+		}
+	}
+	if s, ok := c.Sources["splunk"]; ok {
+		o.Splunk.DeviceFields = s.DeviceFields
 	}
 	if s, ok := c.Sources["generic"]; ok {
 		o.Generic = s.Mapping

@@ -161,6 +161,26 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`sources.splunk.mapping: only the generic source takes a mapping`},
 		},
 		{
+			name: "device_fields only where configurable",
+			in:   "sources:\n  elastic:\n    insecure_no_auth: true\n    device_fields: [host.name]\n",
+			want: []string{`c.yaml:4:20: sources.elastic.device_fields: only alertmanager and splunk take device_fields`},
+		},
+		{
+			name: "device_fields names",
+			in:   "sources:\n  splunk:\n    insecure_no_auth: true\n    device_fields: [dest, \"\", \"a b\"]\n",
+			want: []string{`c.yaml:4:20: sources.splunk.device_fields: "" is not a field name`, `"a b" is not a field name`},
+		},
+		{
+			name: "alertmanager device_fields are label names",
+			in:   "sources:\n  alertmanager:\n    insecure_no_auth: true\n    device_fields: [host-name]\n",
+			want: []string{`sources.alertmanager.device_fields: "host-name" is not a Prometheus label name`},
+		},
+		{
+			name: "alertmanager device_fields or dns_name_labels",
+			in:   "sources:\n  alertmanager:\n    insecure_no_auth: true\n    labels: {dns_name_labels: [host]}\n    device_fields: [hostname]\n",
+			want: []string{`c.yaml:5:20: sources.alertmanager: device_fields and labels.dns_name_labels are the same list`},
+		},
+		{
 			name: "yaml syntax",
 			in:   "listen: [\n",
 			want: []string{`c.yaml:`},
@@ -474,5 +494,37 @@ sources:
 		if got := dsnHasPassword(dsn); got != want {
 			t.Errorf("dsnHasPassword(%q) = %v, want %v", dsn, got, want)
 		}
+	}
+}
+
+func TestDeviceFieldsReachTheDecoders(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(`listen: "127.0.0.1:8080"
+sources:
+  alertmanager:
+    insecure_no_auth: true
+    labels: {device_id_labels: [mid], severity_label: sev}
+    device_fields: [hostname, instance]
+  splunk:
+    insecure_no_auth: true
+    device_fields: [dest_nt_host, dest]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.AlertOptions()
+	am := o.Alertmanager
+	if !reflect.DeepEqual(am.DNSNameLabels, []string{"hostname", "instance"}) || !reflect.DeepEqual(am.DeviceIDLabels, []string{"mid"}) || am.SeverityLabel != "sev" {
+		t.Errorf("alertmanager options %+v", am)
+	}
+	if !reflect.DeepEqual(o.Splunk.DeviceFields, []string{"dest_nt_host", "dest"}) {
+		t.Errorf("splunk options %+v", o.Splunk)
+	}
+	// labels.dns_name_labels alone keeps working.
+	cfg, err = Parse("c.yaml", []byte("listen: \"127.0.0.1:8080\"\nsources:\n  alertmanager:\n    insecure_no_auth: true\n    labels: {dns_name_labels: [host]}\n    device_fields: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.AlertOptions().Alertmanager.DNSNameLabels; !reflect.DeepEqual(got, []string{"host"}) {
+		t.Errorf("dns_name_labels: %v", got)
 	}
 }
