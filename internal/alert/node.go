@@ -277,16 +277,6 @@ func (r *reader) first(ns ...node) string {
 	return ""
 }
 
-// firstList returns the first non-empty string list among the nodes.
-func (r *reader) firstList(ns ...node) []string {
-	for _, n := range ns {
-		if l := r.strs(n); len(nonEmpty(l)) > 0 {
-			return nonEmpty(l)
-		}
-	}
-	return nil
-}
-
 func nonEmpty(l []string) []string {
 	out := l[:0:0]
 	for _, s := range l {
