@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,35 +96,23 @@ func finishRequests(t *testing.T, sim *defendersim.Server) {
 }
 
 // waitSettled waits, up to d, until every job of the receipts (read from
-// base) is settled (testutil.JobSettled): none of them can still call
-// Defender. Settled is final, so a receipt once seen settled is not read
-// again.
+// base) is settled.
 func waitSettled(t *testing.T, d time.Duration, base, token string, receipts []string) {
 	t.Helper()
-	pending := slices.Clone(receipts)
-	type job struct {
-		State     string `json:"state"`
-		LastError string `json:"last_error"`
-	}
-	var last struct {
-		Jobs []job `json:"jobs"`
-	}
-	testutil.WaitForStateWithin(t, d, fmt.Sprintf("every job of %d receipts to settle", len(receipts)), func() bool {
-		for len(pending) > 0 {
-			last.Jobs = nil
-			if code := getJSON(t, base+"/v1/receipts/"+pending[0], token, &last); code != http.StatusOK {
-				t.Fatalf("receipt %s: %d", pending[0], code)
-			}
-			for _, j := range last.Jobs {
-				if !testutil.JobSettled(j.State) {
-					return false
-				}
-			}
-			pending = pending[1:]
+	testutil.WaitReceiptsSettled(t, d, receipts, func(receipt string) []string {
+		var r struct {
+			Jobs []struct {
+				State string `json:"state"`
+			} `json:"jobs"`
 		}
-		return true
-	}, func() string {
-		return fmt.Sprintf("%d receipts not settled, first %s with jobs %+v", len(pending), pending[0], last.Jobs)
+		if code := getJSON(t, base+"/v1/receipts/"+receipt, token, &r); code != http.StatusOK {
+			t.Fatalf("receipt %s: %d", receipt, code)
+		}
+		states := make([]string, len(r.Jobs))
+		for i, j := range r.Jobs {
+			states[i] = j.State
+		}
+		return states
 	})
 }
 

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -168,30 +167,20 @@ func (s *testService) do(t *testing.T, method, path, contentType string, body []
 	return resp.StatusCode
 }
 
-// waitSettled waits, up to d, until every job of the receipts is settled
-// (testutil.JobSettled): none of them can still call Defender. Settled is
-// final, so a receipt once seen settled is not read again. A job that a
-// decision upgraded belongs to the receipt of the alert that queued it,
-// which must be among receipts.
+// waitSettled waits, up to d, until every job of the receipts is settled.
+// A job that a decision upgraded belongs to the receipt of the alert that
+// queued it, which must be among receipts.
 func (s *testService) waitSettled(t *testing.T, d time.Duration, receipts []string) {
 	t.Helper()
-	pending := slices.Clone(receipts)
-	var last receiptAnswer
-	testutil.WaitForStateWithin(t, d, fmt.Sprintf("every job of %d receipts to settle", len(receipts)), func() bool {
-		for len(pending) > 0 {
-			last = receiptAnswer{}
-			if code := s.do(t, http.MethodGet, "/v1/receipts/"+pending[0], "", nil, &last); code != http.StatusOK {
-				t.Fatalf("receipt %s: %d", pending[0], code)
-			}
-			for _, j := range last.Jobs {
-				if !testutil.JobSettled(j.State) {
-					return false
-				}
-			}
-			pending = pending[1:]
+	testutil.WaitReceiptsSettled(t, d, receipts, func(receipt string) []string {
+		var r receiptAnswer
+		if code := s.do(t, http.MethodGet, "/v1/receipts/"+receipt, "", nil, &r); code != http.StatusOK {
+			t.Fatalf("receipt %s: %d", receipt, code)
 		}
-		return true
-	}, func() string {
-		return fmt.Sprintf("%d receipts not settled, first %s with jobs %+v", len(pending), pending[0], last.Jobs)
+		states := make([]string, len(r.Jobs))
+		for i, j := range r.Jobs {
+			states[i] = j.State
+		}
+		return states
 	})
 }

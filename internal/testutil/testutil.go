@@ -6,6 +6,8 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -166,3 +168,26 @@ var settledJobStates = map[string]bool{
 // finished its calls in flight and makes no new one), then count the
 // simulator's scans: no duration to guess.
 func JobSettled(state string) bool { return settledJobStates[state] }
+
+// WaitReceiptsSettled waits, up to d, until every job of the receipts is
+// settled (JobSettled). jobStates reads one receipt's job states. Settled is
+// final, so a receipt once seen settled is not read again.
+func WaitReceiptsSettled(t testing.TB, d time.Duration, receipts []string, jobStates func(receipt string) []string) {
+	t.Helper()
+	pending := slices.Clone(receipts)
+	var last []string
+	WaitForStateWithin(t, d, fmt.Sprintf("every job of %d receipts to settle", len(receipts)), func() bool {
+		for len(pending) > 0 {
+			last = jobStates(pending[0])
+			for _, s := range last {
+				if !JobSettled(s) {
+					return false
+				}
+			}
+			pending = pending[1:]
+		}
+		return true
+	}, func() string {
+		return fmt.Sprintf("%d receipts not settled, first %s with jobs in %v", len(pending), pending[0], last)
+	})
+}
