@@ -40,7 +40,7 @@ func TestCorpusGolden(t *testing.T) {
 		}
 		for _, f := range files {
 			n++
-			rel := filepath.ToSlash(filepath.Join("internal/alert", f))
+			rel := filepath.ToSlash(filepath.Join("internal", "alert", f))
 			t.Run(source+"/"+filepath.Base(f), func(t *testing.T) {
 				if !strings.Contains(provenance, rel) {
 					t.Errorf("%s is not listed in testdata/SOURCES*.md", rel)

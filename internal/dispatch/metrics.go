@@ -31,7 +31,7 @@ type metrics struct {
 // jobStates are exported even when zero, so that dashboards see a 0
 // rather than no series.
 var jobStates = []string{domain.JobQueued, domain.JobLeased, domain.JobCalling, domain.JobRetry,
-	domain.JobSubmitted, domain.JobAlreadyScanning, domain.JobDead, domain.JobWaiting}
+	domain.JobSubmitted, domain.JobAlreadyScanning, domain.JobDead, domain.JobWaiting, domain.JobDeduplicated}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
