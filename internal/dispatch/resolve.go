@@ -11,6 +11,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/store"
 )
 
 // noMachineError says a lookup found no machine (or could not be made with
@@ -75,7 +76,7 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 		return "", false, noMachine(fmt.Errorf("device DNS name %q is not a valid computer name", truncate(name, 128)))
 	}
 	key := cacheKey(name)
-	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine named %q", name)); ok {
+	if id, ok, err := d.fromCache(ctx, key, fmt.Sprintf("no Defender machine named %q", name)); ok {
 		return id, true, err
 	}
 	m, err := d.def.FindMachineByComputerName(ctx, name)
@@ -90,7 +91,7 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 // through the cache, in its own key space.
 func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cached bool, err error) {
 	key := aadCacheKey(aad)
-	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine with AAD device id %q", aad)); ok {
+	if id, ok, err := d.fromCache(ctx, key, fmt.Sprintf("no Defender machine with AAD device id %q", aad)); ok {
 		return id, true, err
 	}
 	m, err := d.def.FindMachineByAADDeviceID(ctx, aad)
@@ -107,11 +108,24 @@ func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cach
 }
 
 // fromCache answers a lookup from the cache when it can (ok): the machine
-// id, or, for a name remembered as unknown, an error saying notFound.
-func (d *Dispatcher) fromCache(key, notFound string) (id string, ok bool, err error) {
+// id, or, for a name remembered as unknown, an error saying notFound. The
+// in-memory cache is asked first, then the names the store shares between
+// replicas (positive answers only, while younger than ResolveTTL).
+func (d *Dispatcher) fromCache(ctx context.Context, key, notFound string) (id string, ok bool, err error) {
 	e, ok := d.res.get(key)
 	if !ok {
-		return "", false, nil
+		id, at, ok, err := d.st.MachineByName(ctx, storeName(key), d.opts.ResolveTTL)
+		if err != nil {
+			// The store is a cache here: ask Defender instead.
+			d.m.storeErrors.WithLabelValues("machine_name").Inc()
+			return "", false, nil
+		}
+		if !ok || !defender.ValidMachineID(id) {
+			return "", false, nil
+		}
+		d.res.putAt(key, id, at)
+		d.m.resolves.WithLabelValues("store_hit").Inc()
+		return id, true, nil
 	}
 	if e.id == "" {
 		d.m.resolves.WithLabelValues("cache_negative").Inc()
@@ -128,6 +142,7 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 		d.m.resolves.WithLabelValues("found").Inc()
 		id := strings.ToLower(m.ID)
 		d.res.put(key, id)
+		d.remember(key, id)
 		return id, false, nil
 	case err == nil:
 		d.m.resolves.WithLabelValues("error").Inc()
@@ -146,18 +161,41 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 	}
 }
 
-// forgetDevice drops what the cache holds for a device's names, for a
+// remember shares a resolved name with the other replicas through the
+// store; an empty id forgets it. Failing only costs a later lookup.
+func (d *Dispatcher) remember(key, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.st.RememberMachineName(ctx, storeName(key), id); err != nil {
+		d.m.storeErrors.WithLabelValues("machine_name").Inc()
+		d.log.Warn("could not share a resolved name", "name", key, "error", err.Error())
+	}
+}
+
+// forgetDevice drops what the caches hold for a device's names, for a
 // machine id Defender no longer knows.
-func (d *Dispatcher) forgetDevice(dev alert.Device) {
+func (d *Dispatcher) forgetDevice(j store.Job) {
+	dev := j.Device
 	if dev.DNSName != "" {
 		d.res.forget(dev.DNSName)
+		d.remember(cacheKey(dev.DNSName), "")
 	}
 	if dev.AADDeviceID != "" {
 		d.res.forgetKey(aadCacheKey(dev.AADDeviceID))
+		d.remember(aadCacheKey(dev.AADDeviceID), "")
 	}
 }
 
 func cacheKey(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
+
+// storeName is a cache key as the store's machine_names spells it: DNS and
+// bare computer names get "dns:", the other key spaces have their prefix.
+func storeName(key string) string {
+	if strings.HasPrefix(key, "aad:") || strings.HasPrefix(key, "ip:") {
+		return key
+	}
+	return "dns:" + key
+}
 
 // aadCacheKey keeps Entra ID device ids apart from DNS names, which can
 // never contain ':'.
@@ -213,16 +251,20 @@ func (c *resolveCache) get(key string) (cacheEntry, bool) {
 	return *e, true
 }
 
-func (c *resolveCache) put(key, id string) {
+func (c *resolveCache) put(key, id string) { c.putAt(key, id, c.now()) }
+
+// putAt remembers key as resolved at a time (a name the store shared keeps
+// the age it had there).
+func (c *resolveCache) putAt(key, id string, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
 		e := el.Value.(*cacheEntry)
-		e.id, e.at = id, c.now()
+		e.id, e.at = id, at
 		c.ll.MoveToFront(el)
 		return
 	}
-	c.items[key] = c.ll.PushFront(&cacheEntry{key: key, id: id, at: c.now()})
+	c.items[key] = c.ll.PushFront(&cacheEntry{key: key, id: id, at: at})
 	for c.ll.Len() > c.size {
 		old := c.ll.Back()
 		c.ll.Remove(old)
