@@ -50,6 +50,7 @@ type Defender interface {
 	RunAntiVirusScan(ctx context.Context, machineID string, scanType string, comment string) (*defender.MachineAction, error)
 	FindMachineByComputerName(ctx context.Context, name string) (*defender.Machine, error)
 	FindMachineByAADDeviceID(ctx context.Context, id string) (*defender.Machine, error)
+	FindMachinesByIP(ctx context.Context, ip string, at time.Time) ([]defender.Machine, error)
 	ListActions(ctx context.Context, filter defender.ActionFilter) ([]defender.MachineAction, error)
 	// Room says how many more calls of the family the rate limit would
 	// admit now and, when none, how long until one; it takes nothing.

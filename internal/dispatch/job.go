@@ -256,7 +256,7 @@ func (d *Dispatcher) resolve(ctx context.Context, j store.Job) (id string, cache
 	if defender.ValidMachineID(j.Device.ID) {
 		return strings.ToLower(j.Device.ID), false, nil
 	}
-	return d.resolveDevice(ctx, j.Device)
+	return d.resolveDevice(ctx, j.Device, j.IPSeenAt)
 }
 
 // bind records the job's machine id in the store and applies the machine's

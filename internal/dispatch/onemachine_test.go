@@ -121,3 +121,40 @@ func TestResolvedNamesSharedThroughStore(t *testing.T) {
 		return counter(t, e2.reg, "scanhook_dispatch_resolves_total", map[string]string{"result": "store_hit"}) == 1
 	})
 }
+
+// TestResolveByIP: a device named only by an internal IP is scanned when
+// exactly one machine was seen with it near the alert's time; none or
+// several make the job dead, saying so, with no scan.
+func TestResolveByIP(t *testing.T) {
+	now := time.Now()
+	ms := defendersim.GenerateMachines(3)
+	ms[0].IPHistory = []defendersim.IPSeen{{IP: "10.1.2.3", At: now.Add(-time.Minute)}}
+	ms[1].IPHistory = []defendersim.IPSeen{{IP: "10.1.2.4", At: now.Add(-time.Minute)}}
+	ms[2].IPHistory = []defendersim.IPSeen{{IP: "10.1.2.4", At: now.Add(-2 * time.Minute)}}
+	e := newEnv(t, envOpts{sim: defendersim.Options{Machines: ms}})
+	one, _ := e.queue(t, alert.Device{IP: "10.1.2.3"}, domain.ScanQuick)
+	two, _ := e.queue(t, alert.Device{IP: "10.1.2.4"}, domain.ScanQuick)
+	none, _ := e.queue(t, alert.Device{IP: "10.1.2.5"}, domain.ScanQuick)
+	stop := start(t, e.dispatcher(t, Options{Workers: 2}))
+	j := e.waitJob(t, one, domain.JobSubmitted, domain.JobDead)
+	if j.State != domain.JobSubmitted || j.MachineID != ms[0].ID {
+		t.Errorf("one match: %s on %q (%s)", j.State, j.MachineID, j.LastError)
+	}
+	j = e.waitJob(t, two, domain.JobSubmitted, domain.JobDead)
+	if j.State != domain.JobDead || !strings.Contains(j.LastError, "IP 10.1.2.4 matched 2 machines at ") || !strings.Contains(j.LastError, ": not scanned") {
+		t.Errorf("two matches: %s (%s)", j.State, j.LastError)
+	}
+	j = e.waitJob(t, none, domain.JobSubmitted, domain.JobDead)
+	if j.State != domain.JobDead || !strings.Contains(j.LastError, "IP 10.1.2.5 matched no Defender machine") {
+		t.Errorf("no match: %s (%s)", j.State, j.LastError)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(scanRequests(e.sim)); n != 1 {
+		t.Errorf("%d scans, want 1", n)
+	}
+	if n := len(apiRequests(e.sim, "GET", "/api/machines/findbyip(")); n != 3 {
+		t.Errorf("%d findbyip calls, want 3", n)
+	}
+}

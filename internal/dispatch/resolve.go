@@ -30,15 +30,19 @@ func isNoMachine(err error) bool {
 
 // resolveDevice looks up a device that has no valid machine id: by DNS
 // name, then, when the name finds nothing or there is none, by Entra ID
-// device id. cached reports that the id came from the cache, so that a scan
+// device id; a device named only by an internal IP, by findbyip at ipAt
+// (lookupIP). cached reports that the id came from the cache, so that a scan
 // answered 404 can forget it.
 //
 // A device Defender does not know makes the job dead at once rather than
 // retried: Defender lists a device from its first report after onboarding,
 // so an alert naming a device Defender has never heard of is about a device
 // that is not onboarded, and waiting does not change that.
-func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device) (id string, cached bool, err error) {
+func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device, ipAt time.Time) (id string, cached bool, err error) {
 	name, aad := dev.DNSName, dev.AADDeviceID
+	if name == "" && aad == "" && dev.ID == "" && dev.IP != "" {
+		return d.lookupIP(ctx, dev.IP, ipAt)
+	}
 	var nameErr error
 	if name != "" {
 		id, cached, err := d.lookup(ctx, name)
@@ -105,6 +109,52 @@ func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cach
 	}, func(err error) error {
 		return fmt.Errorf("resolve AAD device id %q: %w", aad, err)
 	})
+}
+
+// lookupIP resolves a device named only by an internal IP address with
+// Defender's findbyip, at the time the alert saw it: scanned only when
+// exactly one machine was seen with the address within 15 minutes of it.
+// Answers are cached per 15-minute slot of that time.
+func (d *Dispatcher) lookupIP(ctx context.Context, ip string, at time.Time) (id string, cached bool, err error) {
+	if at.IsZero() {
+		at = d.now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	key := ipCacheKey(ip, at)
+	notFound := fmt.Sprintf("IP %s matched no Defender machine within 15 minutes of %s: not scanned", ip, at.Format(time.RFC3339))
+	if id, ok, err := d.fromCache(ctx, key, notFound); ok {
+		return id, true, err
+	}
+	ms, err := d.def.FindMachinesByIP(ctx, ip, at)
+	switch {
+	case defender.KindOf(err) == defender.Invalid:
+		d.m.resolves.WithLabelValues("error").Inc()
+		return "", false, noMachine(fmt.Errorf("IP %q cannot be looked up: %w", truncate(ip, 64), err))
+	case err != nil:
+		d.m.resolves.WithLabelValues("error").Inc()
+		return "", false, fmt.Errorf("resolve IP %s: %w", ip, err)
+	case len(ms) == 0:
+		d.m.resolves.WithLabelValues("not_found").Inc()
+		d.res.put(key, "")
+		return "", false, noMachine(errors.New(notFound))
+	case len(ms) > 1:
+		d.m.resolves.WithLabelValues("ambiguous").Inc()
+		ids := make([]string, 0, len(ms))
+		for _, m := range ms {
+			ids = append(ids, truncate(m.ID, 40))
+		}
+		return "", false, permanent(fmt.Errorf("IP %s matched %d machines at %s: not scanned (machines %s)",
+			ip, len(ms), at.Format(time.RFC3339), truncate(strings.Join(ids, ", "), 400)))
+	}
+	return d.settle(key, &ms[0], nil, nil, func(err error) error {
+		return fmt.Errorf("resolve IP %s: %w", ip, err)
+	})
+}
+
+// ipCacheKey is an IP address in the 15-minute slot of the time it was
+// seen: the same address may be another machine at another time.
+func ipCacheKey(ip string, at time.Time) string {
+	return "ip:" + ip + "@" + at.UTC().Truncate(defender.FindByIPWindow).Format(time.RFC3339)
 }
 
 // fromCache answers a lookup from the cache when it can (ok): the machine
@@ -183,6 +233,11 @@ func (d *Dispatcher) forgetDevice(j store.Job) {
 	if dev.AADDeviceID != "" {
 		d.res.forgetKey(aadCacheKey(dev.AADDeviceID))
 		d.remember(aadCacheKey(dev.AADDeviceID), "")
+	}
+	if dev.IP != "" && dev.DNSName == "" && dev.AADDeviceID == "" {
+		key := ipCacheKey(dev.IP, j.IPSeenAt)
+		d.res.forgetKey(key)
+		d.remember(key, "")
 	}
 }
 
