@@ -271,7 +271,7 @@ func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 		}
 		var ds deviceSet
 		ids, names, aads := r.list(devID.at(n, root)), r.list(devDNS.at(n, root)), r.list(devAAD.at(n, root))
-		for i := 0; i < max(len(ids), len(names)); i++ {
+		for i := 0; i < max(len(ids), len(names), len(aads)); i++ {
 			var did, name, aad string
 			if i < len(ids) {
 				did = ids[i]

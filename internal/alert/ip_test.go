@@ -43,3 +43,17 @@ func TestGenericIP(t *testing.T) {
 		t.Errorf("alert 3: %+v", alerts[2].Devices)
 	}
 }
+
+// TestGenericAADOnly: a generic alert naming its device only by an Entra ID
+// device id (no id or DNS name path value) keeps it.
+func TestGenericAADOnly(t *testing.T) {
+	opts := Options{Generic: &GenericMapping{Alerts: "items", ID: "id", DNSName: "host", AADDeviceID: "aad"}}
+	body := `{"items":[{"id":"1","aad":"0A1B2C3D-4E5F-6071-8293-A4B5C6D7E8F9"}]}`
+	alerts, err := Decode(domain.SourceGeneric, []byte(body), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(alerts[0].Devices, []Device{{AADDeviceID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"}}) {
+		t.Errorf("devices %+v dropped %+v", alerts[0].Devices, alerts[0].Dropped)
+	}
+}
