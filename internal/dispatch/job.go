@@ -31,8 +31,8 @@ const (
 	// machine_busy: a Full for a machine whose open Quick came under
 	// another name; given back, due again after a poll interval.
 	outMachineBusy = "machine_busy"
-	outAbandoned      = "abandoned"  // stopped mid-attempt; ReleaseJobs hands it back
-	outStoreError     = "store_error"
+	outAbandoned   = "abandoned" // stopped mid-attempt; ReleaseJobs hands it back
+	outStoreError  = "store_error"
 )
 
 // adoptSkew widens the creation-time window of the search for a crashed

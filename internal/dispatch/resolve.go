@@ -164,18 +164,8 @@ func ipCacheKey(ip string, at time.Time) string {
 func (d *Dispatcher) fromCache(ctx context.Context, key, notFound string) (id string, ok bool, err error) {
 	e, ok := d.res.get(key)
 	if !ok {
-		id, at, ok, err := d.st.MachineByName(ctx, storeName(key), d.opts.ResolveTTL)
-		if err != nil {
-			// The store is a cache here: ask Defender instead.
-			d.m.storeErrors.WithLabelValues("machine_name").Inc()
-			return "", false, nil
-		}
-		if !ok || !defender.ValidMachineID(id) {
-			return "", false, nil
-		}
-		d.res.putAt(key, id, at)
-		d.m.resolves.WithLabelValues("store_hit").Inc()
-		return id, true, nil
+		id, ok := d.fromStore(ctx, key)
+		return id, ok, nil
 	}
 	if e.id == "" {
 		d.m.resolves.WithLabelValues("cache_negative").Inc()
@@ -183,6 +173,24 @@ func (d *Dispatcher) fromCache(ctx context.Context, key, notFound string) (id st
 	}
 	d.m.resolves.WithLabelValues("cache_hit").Inc()
 	return e.id, true, nil
+}
+
+// fromStore answers a lookup from the names the store shares (ok), and
+// keeps the answer in the in-memory cache with the age it has. A store that
+// cannot answer is a cache miss: Defender is asked instead.
+func (d *Dispatcher) fromStore(ctx context.Context, key string) (string, bool) {
+	id, at, ok, err := d.st.MachineByName(ctx, storeName(key), d.opts.ResolveTTL)
+	if err != nil {
+		d.m.storeErrors.WithLabelValues("machine_name").Inc()
+		d.log.Warn("could not read a shared resolved name", "name", key, "error", err.Error())
+		return "", false
+	}
+	if !ok || !defender.ValidMachineID(id) {
+		return "", false
+	}
+	d.res.putAt(key, id, at)
+	d.m.resolves.WithLabelValues("store_hit").Inc()
+	return id, true
 }
 
 // settle counts, caches and words the answer of one lookup.
