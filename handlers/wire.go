@@ -72,6 +72,7 @@ type jobJSON struct {
 	State      string       `json:"state"`
 	CreatedAt  time.Time    `json:"created_at"`
 	LastError  string       `json:"last_error,omitempty"`
+	IPSeenAt   time.Time    `json:"ip_seen_at,omitzero"`
 	MachineID  string       `json:"machine_id,omitempty"`
 	Calling    bool         `json:"calling"`
 	LeaseUntil time.Time    `json:"lease_until,omitzero"`
@@ -129,6 +130,7 @@ type scanJSON struct {
 	Attempts       int           `json:"attempts,omitempty"`
 	LastError      string        `json:"last_error,omitempty"`
 	UpdatedAt      time.Time     `json:"updated_at"`
+	KnownAs        []string      `json:"known_as,omitempty"`
 }
 
 // convertAll maps a slice, keeping nil as nil so that an absent list still

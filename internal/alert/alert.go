@@ -17,23 +17,29 @@ import (
 
 // Device is one device an alert names, by at least one of its fields. Each
 // is either empty or checked: ID is a 40-hex Defender machine id, DNSName a
-// valid host name, AADDeviceID a GUID (all lower case).
+// valid host name, AADDeviceID a GUID (all lower case), IP an internal
+// (private or unique-local) address in its canonical form (ValidInternalIP).
 type Device struct {
 	ID          string `json:"id,omitempty"`
 	DNSName     string `json:"dns_name,omitempty"`
 	AADDeviceID string `json:"aad_device_id,omitempty"`
+	IP          string `json:"ip,omitempty"`
 }
 
 // Key identifies the device for cooldowns and "one open scan per device":
-// the machine id when known, else the DNS name, else the AAD device id.
+// the machine id when known, else the DNS name, else the AAD device id,
+// else the IP address. Names of one machine have different keys until the
+// dispatcher resolves them; it checks again by machine id before any scan.
 func (d Device) Key() string {
 	switch {
 	case d.ID != "":
 		return "id:" + d.ID
 	case d.DNSName != "":
 		return "dns:" + d.DNSName
-	default:
+	case d.AADDeviceID != "":
 		return "aad:" + d.AADDeviceID
+	default:
+		return "ip:" + d.IP
 	}
 }
 

@@ -442,6 +442,64 @@ func (d *deviceSet) fill(a *Alert) {
 	}
 }
 
+// ValidInternalIP reports whether s is an internal IP address in canonical
+// form, as a device may be named by: IPv4 in 10/8, 172.16/12, 192.168/16 or
+// 100.64/10 (shared address space), or IPv6 unique-local (fc00::/7); never
+// loopback, link-local, multicast, unspecified or public. Defender can only
+// tell machines apart by an address of their own network.
+func ValidInternalIP(s string) bool {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" || a.Is4In6() || a.String() != s {
+		return false
+	}
+	if a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
+		return false
+	}
+	if a.IsPrivate() {
+		return true
+	}
+	return a.Is4() && netip.MustParsePrefix("100.64.0.0/10").Contains(a)
+}
+
+// normalizeIP returns the canonical form of an internal IP address (an
+// IPv4-mapped IPv6 address as IPv4), or "" when it is not one.
+func normalizeIP(s string) string {
+	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil {
+		return ""
+	}
+	c := a.Unmap().String()
+	if !ValidInternalIP(c) {
+		return ""
+	}
+	return c
+}
+
+// addIP takes a device named only by an IP address: used when it is an
+// internal address, dropped with the reason otherwise. The same address
+// twice is one device.
+func (d *deviceSet) addIP(ip string) {
+	ip = strings.TrimSpace(ip)
+	if ip == "" {
+		return
+	}
+	c := normalizeIP(ip)
+	if c == "" {
+		d.drop(ip, "IP address is not an internal (private) address")
+		return
+	}
+	for _, e := range d.devices {
+		if e.IP == c {
+			return
+		}
+	}
+	if len(d.devices) >= MaxDevicesPerAlert {
+		d.drop(c, fmt.Sprintf("more than %d devices in one alert", MaxDevicesPerAlert))
+		return
+	}
+	d.devices = append(d.devices, Device{IP: c})
+}
+
 // hostFQDN joins a host name and its domain, as Sentinel splits them.
 func hostFQDN(host, domain string) string {
 	host, domain = strings.TrimSpace(host), strings.TrimSpace(domain)

@@ -48,6 +48,10 @@ type GenericMapping struct {
 	DeviceID    string `yaml:"device_id"`
 	DNSName     string `yaml:"dns_name"`
 	AADDeviceID string `yaml:"aad_device_id"`
+	// IP names devices by internal IP address (a string or an array), used
+	// only when the alert names no device otherwise: the dispatcher finds
+	// the machine seen with the address at the alert's time.
+	IP string `yaml:"ip"`
 	// Devices reads devices from an array of objects.
 	Devices *GenericDevices `yaml:"devices"`
 	// SkipWhen records but does not act on alerts whose value at Path is
@@ -146,7 +150,7 @@ func (g *GenericMapping) Validate() error {
 		{"threat_family", g.ThreatFamily}, {"status", g.Status}, {"tags", g.Tags},
 		{"mitre_techniques", g.MitreTechniques}, {"tenant_id", g.TenantID},
 		{"time", g.Time}, {"url", g.URL}, {"device_id", g.DeviceID},
-		{"dns_name", g.DNSName}, {"aad_device_id", g.AADDeviceID},
+		{"dns_name", g.DNSName}, {"aad_device_id", g.AADDeviceID}, {"ip", g.IP},
 	} {
 		path(f.name, f.p, false)
 	}
@@ -224,7 +228,7 @@ func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 	id, sev, title, desc := p(g.ID), p(g.Severity), p(g.Title), p(g.Description)
 	cat, det, fam, status := p(g.Category), p(g.DetectionSource), p(g.ThreatFamily), p(g.Status)
 	tags, mitre, tenant, tm, u := p(g.Tags), p(g.MitreTechniques), p(g.TenantID), p(g.Time), p(g.URL)
-	devID, devDNS, devAAD := p(g.DeviceID), p(g.DNSName), p(g.AADDeviceID)
+	devID, devDNS, devAAD, devIP := p(g.DeviceID), p(g.DNSName), p(g.AADDeviceID), p(g.IP)
 	var devs, subID, subDNS, subAAD, skip genericPath
 	if g.Devices != nil {
 		devs, subID, subDNS, subAAD = p(g.Devices.Path), p(g.Devices.DeviceID), p(g.Devices.DNSName), p(g.Devices.AADDeviceID)
@@ -267,7 +271,7 @@ func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 		}
 		var ds deviceSet
 		ids, names, aads := r.list(devID.at(n, root)), r.list(devDNS.at(n, root)), r.list(devAAD.at(n, root))
-		for i := 0; i < max(len(ids), len(names)); i++ {
+		for i := 0; i < max(len(ids), len(names), len(aads)); i++ {
 			var did, name, aad string
 			if i < len(ids) {
 				did = ids[i]
@@ -296,6 +300,11 @@ func decodeGeneric(root node, body []byte, opts Options) ([]Alert, error) {
 					continue
 				}
 				ds.add(r.scalar(subID.at(it, root)), r.scalar(subDNS.at(it, root)), r.scalar(subAAD.at(it, root)))
+			}
+		}
+		if devIP.set && len(ds.devices) == 0 {
+			for _, ip := range r.list(devIP.at(n, root)) {
+				ds.addIP(ip)
 			}
 		}
 		if r.err != nil {

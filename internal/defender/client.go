@@ -21,6 +21,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -403,6 +404,55 @@ func (c *Client) FindMachineByAADDeviceID(ctx context.Context, id string) (*Mach
 	}
 	return c.findMachine(ctx, op, "aadDeviceId", strings.ToLower(id))
 }
+
+// FindByIPWindow is how far from the timestamp Defender looks for machines
+// seen with an address, and FindByIPMaxAge how old the timestamp may be.
+const (
+	FindByIPWindow = 15 * time.Minute
+	FindByIPMaxAge = 30 * 24 * time.Hour
+)
+
+// FindMachinesByIP lists the machines Defender saw with an internal IP
+// address within 15 minutes of at (GET
+// /api/machines/findbyip(ip='…',timestamp=…), its own rate limit family,
+// MachineIPReads). The address must be an internal one in canonical form
+// and at within the last 30 days (a later time is taken as now): both are
+// checked before anything goes into the URL. Zero machines is no error;
+// the caller decides what several mean.
+func (c *Client) FindMachinesByIP(ctx context.Context, ip string, at time.Time) ([]Machine, error) {
+	const op = "findMachinesByIp"
+	a, err := netip.ParseAddr(ip)
+	if err != nil || a.Zone() != "" || a.Is4In6() || a.String() != ip || !a.IsPrivate() && !sharedAddressSpace.Contains(a) ||
+		a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsUnspecified() {
+		return nil, c.invalid(op, "%q is not an internal IP address", ip)
+	}
+	now := c.now()
+	if at.IsZero() || at.After(now) {
+		at = now
+	}
+	if now.Sub(at) > FindByIPMaxAge {
+		return nil, c.invalid(op, "timestamp %s is more than 30 days old", at.UTC().Format(time.RFC3339))
+	}
+	var list struct {
+		Value *[]Machine `json:"value"`
+	}
+	err = c.do(ctx, request{
+		op: op, family: MachineIPReads, method: http.MethodGet,
+		path: "/api/machines/findbyip(ip='" + a.String() + "',timestamp=" + at.UTC().Truncate(time.Second).Format(time.RFC3339) + ")",
+		want: []int{http.StatusOK},
+	}, &list)
+	if err != nil {
+		return nil, err
+	}
+	if list.Value == nil {
+		return nil, c.malformed(op, http.StatusOK, errors.New(`the response has no "value" list`))
+	}
+	return *list.Value, nil
+}
+
+// sharedAddressSpace is 100.64.0.0/10 (RFC 6598), internal to a carrier or
+// an organisation.
+var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
 
 // findMachine lists the machines whose property equals value (checked by
 // the caller, quoted here) and picks the one seen most recently.

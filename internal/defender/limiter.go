@@ -21,11 +21,14 @@ const (
 	MachineReads
 	// ActionReads: GET machineactions, one or a $filter list.
 	ActionReads
+	// MachineIPReads: GET machines/findbyip(…), which Defender limits on
+	// its own (100 calls a minute, 1,500 an hour).
+	MachineIPReads
 	numFamilies
 )
 
 // Families lists every family.
-func Families() []Family { return []Family{ScanActions, MachineReads, ActionReads} }
+func Families() []Family { return []Family{ScanActions, MachineReads, ActionReads, MachineIPReads} }
 
 func (f Family) String() string {
 	switch f {
@@ -35,6 +38,8 @@ func (f Family) String() string {
 		return "machine_reads"
 	case ActionReads:
 		return "action_reads"
+	case MachineIPReads:
+		return "machine_ip_reads"
 	}
 	return fmt.Sprintf("family(%d)", int(f))
 }

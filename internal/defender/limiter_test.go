@@ -250,7 +250,7 @@ func TestSlidingWindowConcurrent(t *testing.T) {
 	}
 }
 
-// 500 concurrent calls across the three families against the simulator's
+// 500 concurrent calls across the four families against the simulator's
 // own sliding windows: the short windows fill up (so the limiter, not the
 // load, is what holds the rate) and not one call is throttled.
 // TestThrottledRetryAfter shows the simulator does throttle without it.
@@ -272,7 +272,7 @@ func TestRateLimitHoldsUnder500ConcurrentCalls(t *testing.T) {
 	if st.Throttled != 0 || throttled != 0 || failed != 0 {
 		t.Errorf("simulator answered %d calls 429; client saw %d throttled, %d other failures", st.Throttled, throttled, failed)
 	}
-	if len(st.Families) != 3 {
+	if len(st.Families) != 4 {
 		t.Errorf("families = %+v", st.Families)
 	}
 	for fam, fs := range st.Families {
@@ -283,13 +283,13 @@ func TestRateLimitHoldsUnder500ConcurrentCalls(t *testing.T) {
 			t.Errorf("%s: the short window never filled (%d): the test proves nothing", fam, fs.MaxPerMinute)
 		}
 	}
-	if testutil.CollectAndCount(e.client.m.limiterWait) != 3 {
-		t.Error("limiter wait not observed for the three families")
+	if testutil.CollectAndCount(e.client.m.limiterWait) != 4 {
+		t.Error("limiter wait not observed for the four families")
 	}
 	t.Logf("simulator families: %+v", st.Families)
 }
 
-// storm sends n concurrent calls spread over the three families.
+// storm sends n concurrent calls spread over the four families.
 func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 	ctx := ctxT(t)
 	machines := e.sim.Machines()
@@ -303,7 +303,7 @@ func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 		wg.Go(func() {
 			m := machines[i%len(machines)]
 			var err error
-			switch i % 3 {
+			switch i % 4 {
 			case 0:
 				_, err = e.client.RunAntiVirusScan(ctx, m.ID, domain.ScanQuick, "storm")
 				if KindOf(err) == AlreadyScanning {
@@ -313,6 +313,8 @@ func storm(t *testing.T, e *env, n int) (throttled, failed int) {
 				_, err = e.client.GetMachine(ctx, m.ID)
 			case 2:
 				_, err = e.client.GetAction(ctx, first.ID)
+			case 3:
+				_, err = e.client.FindMachinesByIP(ctx, m.LastIPAddress, time.Now().Add(-time.Minute))
 			}
 			mu.Lock()
 			defer mu.Unlock()

@@ -130,7 +130,7 @@ func (s *Server) matchAPI(method string, segs []string) (rt *apiRoute, params []
 	case n == 2 && segs[1] == "machines":
 		cands = append(cands, cand{http.MethodGet, apiRoute{FamilyMachines, RoleMachineReadAll, s.listMachines}, nil})
 	case n == 3 && segs[1] == "machines" && strings.HasPrefix(segs[2], "findbyip(") && strings.HasSuffix(segs[2], ")"):
-		cands = append(cands, cand{http.MethodGet, apiRoute{FamilyMachines, RoleMachineReadAll, s.findByIP}, []string{segs[2]}})
+		cands = append(cands, cand{http.MethodGet, apiRoute{FamilyFindByIP, RoleMachineReadAll, s.findByIP}, []string{segs[2]}})
 	case n == 3 && segs[1] == "machines" && segs[2] != "":
 		cands = append(cands, cand{http.MethodGet, apiRoute{FamilyMachines, RoleMachineReadAll, s.getMachine}, []string{segs[2]}})
 	case n == 4 && segs[1] == "machines" && segs[2] != "" && segs[3] == "runAntiVirusScan":

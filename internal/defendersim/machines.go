@@ -338,9 +338,10 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, ri *reqInf
 	})
 }
 
-// findByIP answers findbyip(ip='…',timestamp=…): machines whose last IP is
-// that address. The simulator has no IP history, so any timestamp in the
-// documented range (the last 30 days) matches the current address.
+// findByIP answers findbyip(ip='…',timestamp=…): machines seen with that
+// internal address within 15 minutes of the timestamp (an IPHistory entry),
+// and machines whose last IP is that address, at any timestamp in the
+// documented range (the last 30 days). Its rate limit is its own family.
 func (s *Server) findByIP(w http.ResponseWriter, r *http.Request, ri *reqInfo, params []string) {
 	args := strings.TrimSuffix(strings.TrimPrefix(params[0], "findbyip("), ")")
 	var ip, ts string
@@ -381,7 +382,7 @@ func (s *Server) findByIP(w http.ResponseWriter, r *http.Request, ri *reqInfo, p
 	}
 	out := []machineJSON{}
 	for _, m := range s.inv.list {
-		if m.LastIPAddress == addr.String() {
+		if m.LastIPAddress == addr.String() || seenWithin(m.IPHistory, addr.String(), t, 15*time.Minute) {
 			out = append(out, s.machineView(m))
 		}
 	}
@@ -390,6 +391,16 @@ func (s *Server) findByIP(w http.ResponseWriter, r *http.Request, ri *reqInfo, p
 		"@odata.context": baseURL(r) + "/api/$metadata#Machines",
 		"value":          out,
 	})
+}
+
+// seenWithin reports whether history has ip within d of t.
+func seenWithin(history []IPSeen, ip string, t time.Time, d time.Duration) bool {
+	for _, h := range history {
+		if h.IP == ip && h.At.Sub(t) <= d && t.Sub(h.At) <= d {
+			return true
+		}
+	}
+	return false
 }
 
 // byIDOnly finds a machine by its id (hex, any case); the action endpoints

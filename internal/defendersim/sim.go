@@ -60,6 +60,9 @@ const (
 	FamilyScan     = "scan"     // runAntiVirusScan and cancel
 	FamilyMachines = "machines" // machine reads
 	FamilyActions  = "actions"  // machine action reads
+	// FamilyFindByIP: GET /api/machines/findbyip(…), which Defender
+	// documents with its own 100 calls a minute and 1,500 an hour.
+	FamilyFindByIP = "findbyip"
 )
 
 // DuplicateScan modes: what a scan request for a machine with a scan still
@@ -134,6 +137,16 @@ type Machine struct {
 	MachineTags     []string `json:"machineTags"`
 	LastIPAddress   string   `json:"lastIpAddress"`
 	RBACGroupID     int      `json:"rbacGroupId,omitempty"`
+	// IPHistory is where the machine was seen with which internal address:
+	// findbyip matches a machine seen with the address within 15 minutes
+	// of its timestamp. LastIPAddress counts as seen at any time.
+	IPHistory []IPSeen `json:"ipHistory,omitempty"`
+}
+
+// IPSeen is one sighting of a machine with an internal IP address.
+type IPSeen struct {
+	IP string    `json:"ip"`
+	At time.Time `json:"at"`
 }
 
 // Faults are injected into API calls (not the token endpoint, not /admin).

@@ -57,7 +57,7 @@ func (s *Server) Stats() Stats {
 	defer s.stats.mu.Unlock()
 	out := s.stats.Stats
 	out.Families = map[string]FamilyStats{}
-	for _, f := range []string{FamilyScan, FamilyMachines, FamilyActions} {
+	for _, f := range []string{FamilyScan, FamilyMachines, FamilyActions, FamilyFindByIP} {
 		var fs FamilyStats
 		if p := s.stats.families[f]; p != nil {
 			fs = *p

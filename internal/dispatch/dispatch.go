@@ -36,6 +36,9 @@ type Store interface {
 	ClaimJobs(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Job, error)
 	MarkCalling(ctx context.Context, jobID int64, owner string) error
 	CompleteJob(ctx context.Context, r store.JobResult) error
+	BindMachine(ctx context.Context, jobID int64, owner, machineID string) (store.MachineCheck, error)
+	MachineByName(ctx context.Context, name string, maxAge time.Duration) (id string, at time.Time, ok bool, err error)
+	RememberMachineName(ctx context.Context, name, machineID string) error
 	ReleaseJobs(ctx context.Context, owner string) error
 	OpenActions(ctx context.Context, limit int) ([]store.Action, error)
 	UpdateActions(ctx context.Context, updates []store.ActionUpdate) error
@@ -47,6 +50,7 @@ type Defender interface {
 	RunAntiVirusScan(ctx context.Context, machineID string, scanType string, comment string) (*defender.MachineAction, error)
 	FindMachineByComputerName(ctx context.Context, name string) (*defender.Machine, error)
 	FindMachineByAADDeviceID(ctx context.Context, id string) (*defender.Machine, error)
+	FindMachinesByIP(ctx context.Context, ip string, at time.Time) ([]defender.Machine, error)
 	ListActions(ctx context.Context, filter defender.ActionFilter) ([]defender.MachineAction, error)
 	// Room says how many more calls of the family the rate limit would
 	// admit now and, when none, how long until one; it takes nothing.

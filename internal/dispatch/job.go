@@ -25,8 +25,14 @@ const (
 	outThrottledLocal = "throttled_local"
 	outDead           = "dead"
 	outLeaseLost      = "lease_lost" // someone else holds the job now
-	outAbandoned      = "abandoned"  // stopped mid-attempt; ReleaseJobs hands it back
-	outStoreError     = "store_error"
+	// deduplicated: the machine the device resolved to already had an open
+	// scan or was in cooldown under another name; the store closed the job.
+	outDeduplicated = "deduplicated"
+	// machine_busy: a Full for a machine whose open Quick came under
+	// another name; given back, due again after a poll interval.
+	outMachineBusy = "machine_busy"
+	outAbandoned   = "abandoned" // stopped mid-attempt; ReleaseJobs hands it back
+	outStoreError  = "store_error"
 )
 
 // adoptSkew widens the creation-time window of the search for a crashed
@@ -49,7 +55,7 @@ func (d *Dispatcher) work(ctx context.Context, j store.Job, claimedAt time.Time)
 	a := d.attempt(actx, j)
 	cancel()
 
-	if a.label == outAbandoned || a.label == outLeaseLost {
+	if a.label == outAbandoned || a.label == outLeaseLost || a.label == outDeduplicated {
 		d.finish(j, a)
 		return
 	}
@@ -77,7 +83,7 @@ func (d *Dispatcher) work(ctx context.Context, j store.Job, claimedAt time.Time)
 // finish writes the one log line of the attempt and counts it.
 func (d *Dispatcher) finish(j store.Job, a attempt) {
 	d.m.jobs.WithLabelValues(a.label).Inc()
-	if a.label == outSubmitted || a.label == outAdopted || a.label == outAlreadyScanning || a.label == outDead {
+	if a.label == outSubmitted || a.label == outAdopted || a.label == outAlreadyScanning || a.label == outDead || a.label == outDeduplicated {
 		d.m.attemptsPerJob.Observe(float64(j.Attempts))
 	}
 	attrs := []any{
@@ -90,7 +96,7 @@ func (d *Dispatcher) finish(j store.Job, a attempt) {
 	if a.res.ActionID != "" {
 		attrs = append(attrs, "action_id", a.res.ActionID, "action_status", a.res.ActionStatus)
 	}
-	if a.res.Outcome == store.OutcomeRetry && (a.label == outRetry || a.label == outThrottledLocal) {
+	if a.res.Outcome == store.OutcomeRetry && (a.label == outRetry || a.label == outThrottledLocal || a.label == outMachineBusy) {
 		attrs = append(attrs, "retry_at", a.res.RetryAt)
 	}
 	if a.res.Reason != "" {
@@ -119,7 +125,10 @@ func deviceName(j store.Job) string {
 	if j.Device.ID != "" {
 		return j.Device.ID
 	}
-	return j.Device.AADDeviceID
+	if j.Device.AADDeviceID != "" {
+		return j.Device.AADDeviceID
+	}
+	return j.Device.IP
 }
 
 // comment is what the scan is requested with, and what a crashed attempt's
@@ -180,6 +189,12 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
 		settled = true
 	}
 
+	// One machine, one scan, whatever the alert called it: the store
+	// checks the machine's open scan and cooldown again by machine id.
+	if a, done := d.bind(ctx, a, j, machineID); done {
+		return a
+	}
+
 	now := d.now()
 	if age := now.Sub(j.CreatedAt); age > d.opts.MaxAge {
 		return d.dead(a, fmt.Errorf("gave up: job is %s old, past max_age %s (last error: %s)",
@@ -225,7 +240,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j store.Job) (a attempt) {
 	case kind == defender.NotFound && cached:
 		// The name's cached machine may have been re-onboarded under a new
 		// id: forget it and resolve afresh on the next attempt.
-		d.forgetDevice(j.Device)
+		d.forgetDevice(j)
 		a.res.MachineID = ""
 		return d.retry(a, j, err, 0)
 	default:
@@ -241,7 +256,44 @@ func (d *Dispatcher) resolve(ctx context.Context, j store.Job) (id string, cache
 	if defender.ValidMachineID(j.Device.ID) {
 		return strings.ToLower(j.Device.ID), false, nil
 	}
-	return d.resolveDevice(ctx, j.Device)
+	return d.resolveDevice(ctx, j.Device, j.IPSeenAt)
+}
+
+// bind records the job's machine id in the store and applies the machine's
+// open scan and cooldown (store.BindMachine). done means the attempt ends
+// here: the job was closed as a duplicate or cooldown, put back to wait for
+// the machine's open Quick, or the store could not be asked.
+func (d *Dispatcher) bind(ctx context.Context, a attempt, j store.Job, machineID string) (attempt, bool) {
+	c, err := d.st.BindMachine(ctx, j.ID, d.opts.Owner, machineID)
+	switch {
+	case errors.Is(err, store.ErrLeaseLost):
+		a.label, a.err = outLeaseLost, err
+		return a, true
+	case err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled):
+		a.label, a.err = outAbandoned, err
+		return a, true
+	case err != nil:
+		d.m.storeErrors.WithLabelValues("bind_machine").Inc()
+		return d.failed(a, j, err), true
+	}
+	switch c.Verdict {
+	case store.MachineDuplicate, store.MachineCooldown:
+		a.res.Outcome, a.res.Reason = "", c.Reason
+		a.label = outDeduplicated
+		return a, true
+	case store.MachineLater:
+		now := d.now()
+		a.res.Outcome = store.OutcomeRetry
+		a.res.NotAttempted = true
+		a.res.RetryAt = now.Add(d.opts.PollInterval)
+		if deadline := j.CreatedAt.Add(d.opts.MaxAge); a.res.RetryAt.After(deadline) {
+			return d.dead(a, fmt.Errorf("gave up: job would be past max_age %s while waiting: %s", d.opts.MaxAge, c.Reason)), true
+		}
+		a.res.Err = c.Reason
+		a.label = outMachineBusy
+		return a, true
+	}
+	return a, false
 }
 
 // findAction looks for the scan a crashed attempt may have created: a

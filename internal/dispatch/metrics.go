@@ -31,13 +31,13 @@ type metrics struct {
 // jobStates are exported even when zero, so that dashboards see a 0
 // rather than no series.
 var jobStates = []string{domain.JobQueued, domain.JobLeased, domain.JobCalling, domain.JobRetry,
-	domain.JobSubmitted, domain.JobAlreadyScanning, domain.JobDead, domain.JobWaiting}
+	domain.JobSubmitted, domain.JobAlreadyScanning, domain.JobDead, domain.JobWaiting, domain.JobDeduplicated}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scanhook_jobs_total",
-			Help: "Scan job attempts by outcome: submitted, adopted (a crashed attempt's action found), already_scanning, retry, throttled_local (held back by our own rate limit; the attempt is given back), dead, lease_lost, abandoned (stopped), store_error.",
+			Help: "Scan job attempts by outcome: submitted, adopted (a crashed attempt's action found), already_scanning, retry, throttled_local (held back by our own rate limit; the attempt is given back), dead, deduplicated (the resolved machine already had an open scan or was in cooldown under another name), machine_busy (a Full waiting for the machine's open Quick decided under another name), lease_lost, abandoned (stopped), store_error.",
 		}, []string{"outcome"}),
 		attempts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scanhook_dispatch_attempts_total",

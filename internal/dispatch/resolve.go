@@ -11,6 +11,7 @@ import (
 
 	"github.com/scanhook/scanhook/internal/alert"
 	"github.com/scanhook/scanhook/internal/defender"
+	"github.com/scanhook/scanhook/internal/store"
 )
 
 // noMachineError says a lookup found no machine (or could not be made with
@@ -29,15 +30,19 @@ func isNoMachine(err error) bool {
 
 // resolveDevice looks up a device that has no valid machine id: by DNS
 // name, then, when the name finds nothing or there is none, by Entra ID
-// device id. cached reports that the id came from the cache, so that a scan
+// device id; a device named only by an internal IP, by findbyip at ipAt
+// (lookupIP). cached reports that the id came from the cache, so that a scan
 // answered 404 can forget it.
 //
 // A device Defender does not know makes the job dead at once rather than
 // retried: Defender lists a device from its first report after onboarding,
 // so an alert naming a device Defender has never heard of is about a device
 // that is not onboarded, and waiting does not change that.
-func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device) (id string, cached bool, err error) {
+func (d *Dispatcher) resolveDevice(ctx context.Context, dev alert.Device, ipAt time.Time) (id string, cached bool, err error) {
 	name, aad := dev.DNSName, dev.AADDeviceID
+	if name == "" && aad == "" && dev.ID == "" && dev.IP != "" {
+		return d.lookupIP(ctx, dev.IP, ipAt)
+	}
 	var nameErr error
 	if name != "" {
 		id, cached, err := d.lookup(ctx, name)
@@ -75,7 +80,7 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 		return "", false, noMachine(fmt.Errorf("device DNS name %q is not a valid computer name", truncate(name, 128)))
 	}
 	key := cacheKey(name)
-	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine named %q", name)); ok {
+	if id, ok, err := d.fromCache(ctx, key, fmt.Sprintf("no Defender machine named %q", name)); ok {
 		return id, true, err
 	}
 	m, err := d.def.FindMachineByComputerName(ctx, name)
@@ -90,7 +95,7 @@ func (d *Dispatcher) lookup(ctx context.Context, name string) (id string, cached
 // through the cache, in its own key space.
 func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cached bool, err error) {
 	key := aadCacheKey(aad)
-	if id, ok, err := d.fromCache(key, fmt.Sprintf("no Defender machine with AAD device id %q", aad)); ok {
+	if id, ok, err := d.fromCache(ctx, key, fmt.Sprintf("no Defender machine with AAD device id %q", aad)); ok {
 		return id, true, err
 	}
 	m, err := d.def.FindMachineByAADDeviceID(ctx, aad)
@@ -106,12 +111,61 @@ func (d *Dispatcher) lookupAAD(ctx context.Context, aad string) (id string, cach
 	})
 }
 
+// lookupIP resolves a device named only by an internal IP address with
+// Defender's findbyip, at the time the alert saw it: scanned only when
+// exactly one machine was seen with the address within 15 minutes of it.
+// Answers are cached per 15-minute slot of that time.
+func (d *Dispatcher) lookupIP(ctx context.Context, ip string, at time.Time) (id string, cached bool, err error) {
+	if at.IsZero() {
+		at = d.now()
+	}
+	at = at.UTC().Truncate(time.Second)
+	key := ipCacheKey(ip, at)
+	notFound := fmt.Sprintf("IP %s matched no Defender machine within 15 minutes of %s: not scanned", ip, at.Format(time.RFC3339))
+	if id, ok, err := d.fromCache(ctx, key, notFound); ok {
+		return id, true, err
+	}
+	ms, err := d.def.FindMachinesByIP(ctx, ip, at)
+	switch {
+	case defender.KindOf(err) == defender.Invalid:
+		d.m.resolves.WithLabelValues("error").Inc()
+		return "", false, noMachine(fmt.Errorf("IP %q cannot be looked up: %w", truncate(ip, 64), err))
+	case err != nil:
+		d.m.resolves.WithLabelValues("error").Inc()
+		return "", false, fmt.Errorf("resolve IP %s: %w", ip, err)
+	case len(ms) == 0:
+		d.m.resolves.WithLabelValues("not_found").Inc()
+		d.res.put(key, "")
+		return "", false, noMachine(errors.New(notFound))
+	case len(ms) > 1:
+		d.m.resolves.WithLabelValues("ambiguous").Inc()
+		ids := make([]string, 0, len(ms))
+		for _, m := range ms {
+			ids = append(ids, truncate(m.ID, 40))
+		}
+		return "", false, permanent(fmt.Errorf("IP %s matched %d machines at %s: not scanned (machines %s)",
+			ip, len(ms), at.Format(time.RFC3339), truncate(strings.Join(ids, ", "), 400)))
+	}
+	return d.settle(key, &ms[0], nil, nil, func(err error) error {
+		return fmt.Errorf("resolve IP %s: %w", ip, err)
+	})
+}
+
+// ipCacheKey is an IP address in the 15-minute slot of the time it was
+// seen: the same address may be another machine at another time.
+func ipCacheKey(ip string, at time.Time) string {
+	return "ip:" + ip + "@" + at.UTC().Truncate(defender.FindByIPWindow).Format(time.RFC3339)
+}
+
 // fromCache answers a lookup from the cache when it can (ok): the machine
-// id, or, for a name remembered as unknown, an error saying notFound.
-func (d *Dispatcher) fromCache(key, notFound string) (id string, ok bool, err error) {
+// id, or, for a name remembered as unknown, an error saying notFound. The
+// in-memory cache is asked first, then the names the store shares between
+// replicas (positive answers only, while younger than ResolveTTL).
+func (d *Dispatcher) fromCache(ctx context.Context, key, notFound string) (id string, ok bool, err error) {
 	e, ok := d.res.get(key)
 	if !ok {
-		return "", false, nil
+		id, ok := d.fromStore(ctx, key)
+		return id, ok, nil
 	}
 	if e.id == "" {
 		d.m.resolves.WithLabelValues("cache_negative").Inc()
@@ -121,6 +175,24 @@ func (d *Dispatcher) fromCache(key, notFound string) (id string, ok bool, err er
 	return e.id, true, nil
 }
 
+// fromStore answers a lookup from the names the store shares (ok), and
+// keeps the answer in the in-memory cache with the age it has. A store that
+// cannot answer is a cache miss: Defender is asked instead.
+func (d *Dispatcher) fromStore(ctx context.Context, key string) (string, bool) {
+	id, at, ok, err := d.st.MachineByName(ctx, storeName(key), d.opts.ResolveTTL)
+	if err != nil {
+		d.m.storeErrors.WithLabelValues("machine_name").Inc()
+		d.log.Warn("could not read a shared resolved name", "name", key, "error", err.Error())
+		return "", false
+	}
+	if !ok || !defender.ValidMachineID(id) {
+		return "", false
+	}
+	d.res.putAt(key, id, at)
+	d.m.resolves.WithLabelValues("store_hit").Inc()
+	return id, true
+}
+
 // settle counts, caches and words the answer of one lookup.
 func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound, failed func(error) error) (string, bool, error) {
 	switch {
@@ -128,6 +200,7 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 		d.m.resolves.WithLabelValues("found").Inc()
 		id := strings.ToLower(m.ID)
 		d.res.put(key, id)
+		d.remember(key, id)
 		return id, false, nil
 	case err == nil:
 		d.m.resolves.WithLabelValues("error").Inc()
@@ -146,18 +219,46 @@ func (d *Dispatcher) settle(key string, m *defender.Machine, err error, notFound
 	}
 }
 
-// forgetDevice drops what the cache holds for a device's names, for a
+// remember shares a resolved name with the other replicas through the
+// store; an empty id forgets it. Failing only costs a later lookup.
+func (d *Dispatcher) remember(key, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.st.RememberMachineName(ctx, storeName(key), id); err != nil {
+		d.m.storeErrors.WithLabelValues("machine_name").Inc()
+		d.log.Warn("could not share a resolved name", "name", key, "error", err.Error())
+	}
+}
+
+// forgetDevice drops what the caches hold for a device's names, for a
 // machine id Defender no longer knows.
-func (d *Dispatcher) forgetDevice(dev alert.Device) {
+func (d *Dispatcher) forgetDevice(j store.Job) {
+	dev := j.Device
 	if dev.DNSName != "" {
 		d.res.forget(dev.DNSName)
+		d.remember(cacheKey(dev.DNSName), "")
 	}
 	if dev.AADDeviceID != "" {
 		d.res.forgetKey(aadCacheKey(dev.AADDeviceID))
+		d.remember(aadCacheKey(dev.AADDeviceID), "")
+	}
+	if dev.IP != "" && dev.DNSName == "" && dev.AADDeviceID == "" {
+		key := ipCacheKey(dev.IP, j.IPSeenAt)
+		d.res.forgetKey(key)
+		d.remember(key, "")
 	}
 }
 
 func cacheKey(name string) string { return strings.ToLower(strings.TrimSuffix(name, ".")) }
+
+// storeName is a cache key as the store's machine_names spells it: DNS and
+// bare computer names get "dns:", the other key spaces have their prefix.
+func storeName(key string) string {
+	if strings.HasPrefix(key, "aad:") || strings.HasPrefix(key, "ip:") {
+		return key
+	}
+	return "dns:" + key
+}
 
 // aadCacheKey keeps Entra ID device ids apart from DNS names, which can
 // never contain ':'.
@@ -213,16 +314,20 @@ func (c *resolveCache) get(key string) (cacheEntry, bool) {
 	return *e, true
 }
 
-func (c *resolveCache) put(key, id string) {
+func (c *resolveCache) put(key, id string) { c.putAt(key, id, c.now()) }
+
+// putAt remembers key as resolved at a time (a name the store shared keeps
+// the age it had there).
+func (c *resolveCache) putAt(key, id string, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
 		e := el.Value.(*cacheEntry)
-		e.id, e.at = id, c.now()
+		e.id, e.at = id, at
 		c.ll.MoveToFront(el)
 		return
 	}
-	c.items[key] = c.ll.PushFront(&cacheEntry{key: key, id: id, at: c.now()})
+	c.items[key] = c.ll.PushFront(&cacheEntry{key: key, id: id, at: at})
 	for c.ll.Len() > c.size {
 		old := c.ll.Back()
 		c.ll.Remove(old)

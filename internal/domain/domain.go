@@ -129,11 +129,16 @@ const (
 	JobAlreadyScanning = "already_scanning"
 	// JobDead: given up; kept for the audit trail.
 	JobDead = "dead"
+	// JobDeduplicated: closed before any Defender call because the machine
+	// its device resolved to (under another name than the one its decision
+	// was made for) already had an open scan or was in its cooldown; its
+	// decision says duplicate or cooldown, and why.
+	JobDeduplicated = "deduplicated"
 )
 
 // JobStates returns every job state.
 func JobStates() []string {
-	return []string{JobQueued, JobWaiting, JobLeased, JobCalling, JobRetry, JobSubmitted, JobAlreadyScanning, JobDead}
+	return []string{JobQueued, JobWaiting, JobLeased, JobCalling, JobRetry, JobSubmitted, JobAlreadyScanning, JobDead, JobDeduplicated}
 }
 
 // Defender MachineAction statuses; the last four are final.

@@ -222,7 +222,7 @@ func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, 
 		}
 		res.Duplicate = false
 		for seq, dec := range a.Decisions {
-			out, err := s.decide(ctx, tx, now, pks[i], source, a.Alert.ID, seq, dec)
+			out, err := s.decide(ctx, tx, now, pks[i], source, a.Alert.ID, ipTime(a.Alert.Time, received), seq, dec)
 			if err != nil {
 				return res, fmt.Errorf("alert %q decision %d: %w", a.Alert.ID, seq, err)
 			}
@@ -233,11 +233,11 @@ func (s *sqlStore) ingestTx(ctx context.Context, tx q, now, received time.Time, 
 }
 
 // decide finalizes one decision under the device's lock and records it.
-func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int64, source, alertID string, seq int, in DecisionInput) (DecisionOutcome, error) {
+func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int64, source, alertID string, ipAt time.Time, seq int, in DecisionInput) (DecisionOutcome, error) {
 	out := DecisionOutcome{AlertID: alertID, Rule: clean(in.Rule), Scan: in.Scan}
 	var dev alert.Device
 	if in.Device != nil {
-		dev = alert.Device{ID: clean(in.Device.ID), DNSName: clean(in.Device.DNSName), AADDeviceID: clean(in.Device.AADDeviceID)}
+		dev = alert.Device{ID: clean(in.Device.ID), DNSName: clean(in.Device.DNSName), AADDeviceID: clean(in.Device.AADDeviceID), IP: clean(in.Device.IP)}
 		out.Device = &dev
 	}
 	ruleReason := clean(in.Reason)
@@ -264,7 +264,7 @@ func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int6
 			out.Reason += " (" + ruleReason + ")"
 		}
 	default:
-		if err := s.decideScan(ctx, tx, now, alertPK, source, alertID, key, dev, in.Scan, comment, ruleReason, in.Cooldown, &out); err != nil {
+		if err := s.decideScan(ctx, tx, now, alertPK, source, alertID, key, dev, ipAt, in.Scan, comment, ruleReason, in.Cooldown, &out); err != nil {
 			return out, err
 		}
 	}
@@ -277,10 +277,10 @@ func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int6
 	if out.JobID != 0 {
 		jobID = out.JobID
 	}
-	if _, err := tx.exec(ctx, `INSERT INTO decisions (alert_pk, seq, source, alert_id, device_key, device_id, device_dns, device_aad,
+	if _, err := tx.exec(ctx, `INSERT INTO decisions (alert_pk, seq, source, alert_id, device_key, device_id, device_dns, device_aad, device_ip,
 			has_device, rule, scan, comment, rule_reason, cooldown_us, dry_run, status, reason, job_id, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		alertPK, seq, source, alertID, key, dev.ID, dev.DNSName, dev.AADDeviceID,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		alertPK, seq, source, alertID, key, dev.ID, dev.DNSName, dev.AADDeviceID, dev.IP,
 		hasDev, out.Rule, out.Scan, comment, ruleReason, in.Cooldown.Microseconds(), boolInt(in.DryRun),
 		out.Status, out.Reason, jobID, now.UnixMicro()); err != nil {
 		return out, fmt.Errorf("record decision: %w", err)
@@ -293,7 +293,7 @@ func (s *sqlStore) decide(ctx context.Context, tx q, now time.Time, alertPK int6
 // decided while the open Quick has already been claimed or reached Defender
 // becomes the device's one waiting job, queued when the Quick's job closes
 // (promoteWaiting), so an escalation is never lost to a running Quick.
-func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK int64, source, alertID, key string, dev alert.Device,
+func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK int64, source, alertID, key string, dev alert.Device, ipAt time.Time,
 	scan, comment, ruleReason string, cooldown time.Duration, out *DecisionOutcome) error {
 	var (
 		openID           int64
@@ -378,10 +378,14 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 		state, open = domain.JobWaiting, 0
 	}
 	var id int64
-	if err := tx.row(ctx, `INSERT INTO jobs (alert_pk, source, alert_id, device_key, device_id, device_dns, device_aad, scan, comment,
-			state, open, calling, attempts, due_at, machine_id, last_error, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, '', ?, ?) RETURNING id`,
-		alertPK, source, alertID, key, dev.ID, dev.DNSName, dev.AADDeviceID, scan, comment,
+	ipAtUS := int64(0)
+	if dev.IP != "" {
+		ipAtUS = ipAt.UnixMicro()
+	}
+	if err := tx.row(ctx, `INSERT INTO jobs (alert_pk, source, alert_id, device_key, device_id, device_dns, device_aad, device_ip, device_ip_at,
+			scan, comment, state, open, calling, attempts, due_at, machine_id, last_error, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, '', ?, ?) RETURNING id`,
+		alertPK, source, alertID, key, dev.ID, dev.DNSName, dev.AADDeviceID, dev.IP, ipAtUS, scan, comment,
 		state, open, now.UnixMicro(), dev.ID, now.UnixMicro(), now.UnixMicro()).Scan(&id); err != nil {
 		return fmt.Errorf("add job: %w", err)
 	}
@@ -402,7 +406,7 @@ func (s *sqlStore) decideScan(ctx context.Context, tx q, now time.Time, alertPK 
 }
 
 func storedOutcomes(ctx context.Context, tx q, alertPK int64) ([]DecisionOutcome, error) {
-	rows, err := tx.query(ctx, `SELECT alert_id, has_device, device_id, device_dns, device_aad, rule, scan, status, reason, job_id
+	rows, err := tx.query(ctx, `SELECT alert_id, has_device, device_id, device_dns, device_aad, device_ip, rule, scan, status, reason, job_id
 		FROM decisions WHERE alert_pk = ? ORDER BY seq`, alertPK)
 	if err != nil {
 		return nil, err
@@ -416,7 +420,7 @@ func storedOutcomes(ctx context.Context, tx q, alertPK int64) ([]DecisionOutcome
 			dev    alert.Device
 			jobID  sql.NullInt64
 		)
-		if err := rows.Scan(&o.AlertID, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID, &o.Rule, &o.Scan, &o.Status, &o.Reason, &jobID); err != nil {
+		if err := rows.Scan(&o.AlertID, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID, &dev.IP, &o.Rule, &o.Scan, &o.Status, &o.Reason, &jobID); err != nil {
 			return nil, err
 		}
 		if hasDev == 1 {
@@ -426,6 +430,16 @@ func storedOutcomes(ctx context.Context, tx q, alertPK int64) ([]DecisionOutcome
 		outs = append(outs, o)
 	}
 	return outs, rows.Err()
+}
+
+// ipTime is when an alert saw its devices' IP addresses, for Defender's
+// findbyip: the alert's own time, unless it has none or claims a time after
+// it was received, then the time it was received.
+func ipTime(alertTime, received time.Time) time.Time {
+	if alertTime.IsZero() || alertTime.After(received) {
+		return received
+	}
+	return alertTime
 }
 
 func boolInt(b bool) int {

@@ -104,21 +104,22 @@ func (s *sqlStore) ClaimJobs(ctx context.Context, owner string, limit int, lease
 	return jobs, nil
 }
 
-const jobColumns = `id, alert_id, source, device_id, device_dns, device_aad, scan, comment, attempts, state, created_at,
+const jobColumns = `id, alert_id, source, device_id, device_dns, device_aad, device_ip, device_ip_at, scan, comment, attempts, state, created_at,
 	last_error, machine_id, calling, lease_until`
 
 func scanJob(r interface{ Scan(...any) error }) (Job, error) {
 	var (
-		j          Job
-		created    int64
-		calling    int
-		leaseUntil sql.NullInt64
+		j             Job
+		created, ipAt int64
+		calling       int
+		leaseUntil    sql.NullInt64
 	)
-	if err := r.Scan(&j.ID, &j.AlertID, &j.Source, &j.Device.ID, &j.Device.DNSName, &j.Device.AADDeviceID, &j.Scan, &j.Comment,
+	if err := r.Scan(&j.ID, &j.AlertID, &j.Source, &j.Device.ID, &j.Device.DNSName, &j.Device.AADDeviceID, &j.Device.IP, &ipAt, &j.Scan, &j.Comment,
 		&j.Attempts, &j.State, &created, &j.LastError, &j.MachineID, &calling, &leaseUntil); err != nil {
 		return j, err
 	}
 	j.CreatedAt = fromMicro(created)
+	j.IPSeenAt = fromMicro(ipAt)
 	j.Calling = calling == 1
 	if leaseUntil.Valid {
 		j.LeaseUntil = fromMicro(leaseUntil.Int64)

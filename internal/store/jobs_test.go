@@ -769,6 +769,11 @@ func TestMigrateUpgradesAnOlderDatabase(t *testing.T) {
 		// Back to the 0001 schema.
 		if err := s.write(ctx, func(ctx context.Context, tx q) error {
 			for _, stmt := range []string{
+				`DROP TABLE machine_names`,
+				`DROP INDEX jobs_machine`,
+				`ALTER TABLE jobs DROP COLUMN device_ip`,
+				`ALTER TABLE jobs DROP COLUMN device_ip_at`,
+				`ALTER TABLE decisions DROP COLUMN device_ip`,
 				`CREATE INDEX decisions_device_id ON decisions (device_id)`,
 				`CREATE INDEX decisions_device_dns ON decisions (device_dns)`,
 				`DELETE FROM schema_migrations WHERE version <> '0001_init'`,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/scanhook/scanhook/internal/alert"
+	"github.com/scanhook/scanhook/internal/domain"
 )
 
 func (s *sqlStore) Receipt(ctx context.Context, id string) (*ReceiptDetail, error) {
@@ -102,7 +103,7 @@ func rawJSON(b []byte) json.RawMessage {
 }
 
 func decisionsOf(ctx context.Context, rd q, alertPK int64) ([]DecisionRecord, error) {
-	rows, err := rd.query(ctx, `SELECT alert_id, has_device, device_id, device_dns, device_aad, rule, scan, comment, status, reason,
+	rows, err := rd.query(ctx, `SELECT alert_id, has_device, device_id, device_dns, device_aad, device_ip, rule, scan, comment, status, reason,
 			rule_reason, cooldown_us, dry_run, job_id, created_at
 		FROM decisions WHERE alert_pk = ? ORDER BY seq`, alertPK)
 	if err != nil {
@@ -118,7 +119,7 @@ func decisionsOf(ctx context.Context, rd q, alertPK int64) ([]DecisionRecord, er
 			cooldown, created int64
 			jobID             sql.NullInt64
 		)
-		if err := rows.Scan(&d.AlertID, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID, &d.Rule, &d.Scan, &d.Comment, &d.Status,
+		if err := rows.Scan(&d.AlertID, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID, &dev.IP, &d.Rule, &d.Scan, &d.Comment, &d.Status,
 			&d.Reason, &d.RuleReason, &cooldown, &dry, &jobID, &created); err != nil {
 			return nil, err
 		}
@@ -204,15 +205,25 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 		where []string
 		args  []any
 	)
+	rd := s.reader()
 	if dev := strings.ToLower(strings.TrimSpace(sq.Device)); dev != "" {
-		where = append(where, `(d.device_id = ? OR d.device_dns = ? OR d.device_aad = ? OR j.machine_id = ?)`)
+		ids, err := machinesNamed(ctx, rd, dev)
+		if err != nil {
+			return nil, fmt.Errorf("list scans: machines named %q: %w", dev, err)
+		}
+		ids = append(ids, dev)
+		w := `(d.device_id = ? OR d.device_dns = ? OR d.device_aad = ? OR d.device_ip = ? OR j.machine_id IN (` + placeholders(len(ids)) + `))`
+		where = append(where, w)
 		args = append(args, dev, dev, dev, dev)
+		for _, id := range ids {
+			args = append(args, id)
+		}
 	}
 	if st := strings.ToLower(strings.TrimSpace(sq.Status)); st != "" {
 		where = append(where, `(d.status = ? OR j.state = ? OR LOWER(a.status) = ?)`)
 		args = append(args, st, st, st)
 	}
-	query := `SELECT d.created_at, d.alert_id, d.source, al.receipt_id, d.has_device, d.device_id, d.device_dns, d.device_aad,
+	query := `SELECT d.created_at, d.alert_id, d.source, al.receipt_id, d.has_device, d.device_id, d.device_dns, d.device_aad, d.device_ip,
 			d.rule, d.scan, d.status, d.reason, j.id, j.state, j.machine_id, j.attempts, j.last_error, j.updated_at,
 			a.id, a.status, a.updated_at
 		FROM decisions d
@@ -224,7 +235,7 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 	}
 	query += ` ORDER BY d.created_at DESC, d.id DESC LIMIT ?`
 	args = append(args, limit)
-	rows, err := s.reader().query(ctx, query, args...)
+	rows, err := rd.query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list scans: %w", err)
 	}
@@ -240,7 +251,7 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 			state, machine, lastErr        sql.NullString
 			actID, actStatus               sql.NullString
 		)
-		if err := rows.Scan(&created, &r.AlertID, &r.Source, &r.Receipt, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID,
+		if err := rows.Scan(&created, &r.AlertID, &r.Source, &r.Receipt, &hasDev, &dev.ID, &dev.DNSName, &dev.AADDeviceID, &dev.IP,
 			&r.Rule, &r.Scan, &r.DecisionStatus, &r.Reason, &jobID, &state, &machine, &attempts, &lastErr, &jobUpd,
 			&actID, &actStatus, &actUp); err != nil {
 			return nil, fmt.Errorf("list scans: %w", err)
@@ -255,6 +266,10 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 			r.JobID, r.JobState, r.MachineID = jobID.Int64, state.String, machine.String
 			r.Attempts, r.LastError = int(attempts.Int64), lastErr.String
 			r.Status = r.JobState
+			if r.JobState == domain.JobDeduplicated {
+				// The decision says why: duplicate or cooldown.
+				r.Status = r.DecisionStatus
+			}
 			if t := fromMicro(jobUpd.Int64); t.After(r.UpdatedAt) {
 				r.UpdatedAt = t
 			}
@@ -270,6 +285,22 @@ func (s *sqlStore) ListScans(ctx context.Context, sq ScanQuery) ([]ScanRecord, e
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list scans: %w", err)
+	}
+	rows.Close()
+	names := map[string][]string{}
+	for i := range out {
+		m := out[i].MachineID
+		if m == "" {
+			continue
+		}
+		if _, ok := names[m]; !ok {
+			n, err := knownAs(ctx, rd, m)
+			if err != nil {
+				return nil, fmt.Errorf("list scans: names of machine %s: %w", m, err)
+			}
+			names[m] = n
+		}
+		out[i].KnownAs = names[m]
 	}
 	return out, nil
 }

@@ -81,6 +81,14 @@ type Store interface {
 	// CompleteJob records an attempt's outcome; ErrLeaseLost if r.Owner no
 	// longer holds the job.
 	CompleteJob(ctx context.Context, r JobResult) error
+	// BindMachine records the machine id a leased job resolved to and
+	// checks the machine's open scan and cooldown, whatever name the job
+	// was decided under; a duplicate or cooldown closes the job.
+	BindMachine(ctx context.Context, jobID int64, owner, machineID string) (MachineCheck, error)
+	// MachineByName and RememberMachineName share resolved names (the
+	// dispatcher's cache keys) between replicas.
+	MachineByName(ctx context.Context, name string, maxAge time.Duration) (id string, at time.Time, ok bool, err error)
+	RememberMachineName(ctx context.Context, name, machineID string) error
 	// ReleaseJobs hands owner's leased jobs back, due now.
 	ReleaseJobs(ctx context.Context, owner string) error
 	// OpenActions lists Defender actions that are not final, least
@@ -154,6 +162,9 @@ type Job struct {
 	State     string
 	CreatedAt time.Time
 	LastError string
+	// IPSeenAt is when the alert saw Device.IP (zero without one): the
+	// timestamp a lookup by IP asks Defender about.
+	IPSeenAt time.Time
 	// MachineID is the resolved Defender machine id, once known.
 	MachineID string
 	// Calling: a previous attempt was marked as calling Defender and may
@@ -223,8 +234,10 @@ type Stats struct {
 
 // ScanQuery filters the audit trail.
 type ScanQuery struct {
-	// Device matches the decision's machine id, DNS name or AAD device id, or the
-	// machine id its job resolved to (case-insensitive).
+	// Device matches the decision's machine id, DNS name, AAD device id or
+	// IP address, or the machine id its job resolved to, or any machine
+	// the name was resolved to (case-insensitive): every record of a
+	// machine, whatever the alert called it.
 	Device string
 	// Status matches the decision status, the job state or the action
 	// status (case-insensitive), so "cooldown", "dead" and "succeeded"
@@ -258,6 +271,8 @@ type ScanRecord struct {
 	Attempts       int
 	LastError      string
 	UpdatedAt      time.Time
+	// KnownAs is every name the machine's jobs named it by (with MachineID).
+	KnownAs []string
 }
 
 // ReceiptDetail is everything a receipt covers (what GET /v1/receipts/{id}

@@ -160,6 +160,7 @@ var settledJobStates = map[string]bool{
 	domain.JobSubmitted:       true,
 	domain.JobAlreadyScanning: true,
 	domain.JobDead:            true,
+	domain.JobDeduplicated:    true,
 }
 
 // JobSettled reports whether a job in state will make no further Defender
