@@ -63,8 +63,8 @@ func normalizeDNSName(s string) string {
 
 // dnsNameProblem says why s cannot name a device, or "" when it can: it must
 // be a host name (ValidDNSName), and not one that means "this host" to
-// whoever reads it. An IP address is never a DNS name: scanhook does not
-// resolve addresses to devices.
+// whoever reads it. An IP address is never a DNS name (addFirst turns an
+// internal one into a device looked up by IP instead).
 func dnsNameProblem(s string) string {
 	s = strings.TrimSpace(s)
 	if ip, ok := parseIP(s); ok {
@@ -74,7 +74,7 @@ func dnsNameProblem(s string) string {
 		case ip.IsLinkLocalUnicast():
 			return "a link-local IP address, never a device"
 		}
-		return "an IP address, not a DNS name (scanhook does not look devices up by IP)"
+		return "an IP address, not a DNS name (only an internal address, with no name beside it, is looked up by IP)"
 	}
 	if !ValidDNSName(s) {
 		return "not a valid host name"
@@ -336,8 +336,20 @@ func (d *deviceSet) add(id, dns, aad string) {
 // address where a later field holds the host name, is skipped rather than
 // fatal. When none is usable the device stands on id and aad, or is dropped
 // with the first present name as its value.
+// A device with no id, no usable name and no AAD id, but an internal IP
+// address among its candidates, is named by that address: the dispatcher
+// finds it with Defender's findbyip.
 func (d *deviceSet) addFirst(id string, names []string, aad string) {
-	d.add(id, firstUsableName(names), aad)
+	name := firstUsableName(names)
+	if strings.TrimSpace(id) == "" && strings.TrimSpace(aad) == "" && dnsNameProblem(name) != "" {
+		for _, n := range names {
+			if ip, ok := parseIP(strings.TrimSpace(n)); ok && normalizeIP(ip.String()) != "" {
+				d.addIP(ip.String())
+				return
+			}
+		}
+	}
+	d.add(id, name, aad)
 }
 
 // firstUsableName returns the first of names that can name a device, else
@@ -389,15 +401,15 @@ func (d *deviceSet) addLists(ids, names []string) {
 	ids, names = nonEmpty(ids), nonEmpty(names)
 	if len(ids) == len(names) && (len(ids) == 1 || !(strictlySorted(ids) && strictlySorted(names))) {
 		for i := range ids {
-			d.add(ids[i], names[i], "")
+			d.addFirst(ids[i], names[i:i+1], "")
 		}
 		return
 	}
 	for _, id := range ids {
 		d.add(id, "", "")
 	}
-	for _, n := range names {
-		d.add("", n, "")
+	for i := range names {
+		d.addFirst("", names[i:i+1], "")
 	}
 }
 

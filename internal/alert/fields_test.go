@@ -55,13 +55,21 @@ func TestAlertmanagerSkipsUnusableLabels(t *testing.T) {
 	if r := got[2].Dropped[0].Reason; !strings.Contains(r, "local host") {
 		t.Errorf("localhost dropped with reason %q", r)
 	}
-	// An IP address alone is dropped with a reason that says so.
+	// An internal IP address alone names the device by IP (the dispatcher
+	// looks it up); a public one is dropped with a reason that says so.
 	ip, err := Decode(domain.SourceAlertmanager, []byte(`[{"labels":{"instance":"172.18.68.209:58888"},"fingerprint":"f"}]`), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := ip[0].Dropped; len(d) != 1 || d[0].Value != "172.18.68.209" || !strings.Contains(d[0].Reason, "IP address") {
-		t.Errorf("IP-only device: dropped %+v", d)
+	if d := ip[0].Devices; len(d) != 1 || d[0] != (Device{IP: "172.18.68.209"}) || len(ip[0].Dropped) != 0 {
+		t.Errorf("internal IP-only device: devices %+v, dropped %+v", d, ip[0].Dropped)
+	}
+	pub, err := Decode(domain.SourceAlertmanager, []byte(`[{"labels":{"instance":"203.0.113.9:9100"},"fingerprint":"f"}]`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := pub[0].Dropped; len(d) != 1 || d[0].Value != "203.0.113.9" || !strings.Contains(d[0].Reason, "IP address") || len(pub[0].Devices) != 0 {
+		t.Errorf("public IP-only device: devices %+v, dropped %+v", pub[0].Devices, d)
 	}
 	// A machine id label that is not one is skipped for the next label.
 	id, _ := Decode(domain.SourceAlertmanager, []byte(`[{"labels":{"machine_id":"n/a","mde_device_id":"95FFD3240BDE37EF347CF836DB74B13F85CBF185"},"fingerprint":"f"}]`), Options{})
@@ -98,10 +106,15 @@ func TestSplunkSkipsUnusableFields(t *testing.T) {
 	if d := got[0].Devices; len(d) != 1 || d[0].DNSName != "ws-0142" {
 		t.Errorf("configured fields: devices %+v", d)
 	}
-	// Only an IP address: dropped, saying so.
+	// Only an internal IP address: the device is named by it.
 	got, _ = Decode(domain.SourceSplunk, []byte(`{"sid":"s","result":{"dest":"10.11.36.20"}}`), Options{})
-	if d := got[0].Dropped; len(d) != 1 || !strings.Contains(d[0].Reason, "IP address") {
-		t.Errorf("IP only: dropped %+v", d)
+	if d := got[0].Devices; len(d) != 1 || d[0].IP != "10.11.36.20" {
+		t.Errorf("internal IP only: devices %+v, dropped %+v", d, got[0].Dropped)
+	}
+	// Only a public one: dropped, saying so.
+	got, _ = Decode(domain.SourceSplunk, []byte(`{"sid":"s","result":{"dest":"198.51.100.20"}}`), Options{})
+	if d := got[0].Dropped; len(d) != 1 || !strings.Contains(d[0].Reason, "IP address") || len(got[0].Devices) != 0 {
+		t.Errorf("public IP only: dropped %+v", d)
 	}
 }
 
