@@ -139,6 +139,18 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 	if err != nil {
 		return nil, nil, done, err
 	}
+	if limited {
+		// Only now, authenticated: an unauthenticated request never holds
+		// a slot an authenticated sender could have had.
+		select {
+		case a.inFlight <- struct{}{}:
+			done = func(bool) { <-a.inFlight }
+		default:
+			return nil, nil, done, &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
+				Detail: "too many deliveries are being handled; retry after the time in Retry-After",
+				Reason: reasonRateLimited, RetryAfter: time.Second}
+		}
+	}
 	if au.replayKey != nil && limited {
 		ok, full := a.replay.reserve(*au.replayKey, au.replayUntil, a.now())
 		if full {
@@ -152,6 +164,7 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 			if !accepted {
 				a.replay.release(key)
 			}
+			<-a.inFlight
 		}
 	}
 	if err := checkJSON(c.Request()); err != nil {
@@ -189,14 +202,6 @@ func (a *api) currentRules() (*rules.Ruleset, error) {
 // webhook is POST /v1/webhooks/{source}: the alert is durable in the store
 // before the 202.
 func (a *api) webhook(c *echo.Context) error {
-	select {
-	case a.inFlight <- struct{}{}:
-		defer func() { <-a.inFlight }()
-	default:
-		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
-			Detail: "too many deliveries are being handled; retry after the time in Retry-After",
-			Reason: reasonRateLimited, RetryAfter: time.Second}
-	}
 	src, alerts, done, err := a.decodeRequest(c, true)
 	accepted := false
 	defer func() { done(accepted) }()
