@@ -103,6 +103,10 @@ type Deps struct {
 	// UnverifiedReadTimeout is how long such a body may take to arrive
 	// (0: the config default); a slower sender's connection is cut.
 	UnverifiedReadTimeout time.Duration
+	// MaxDevicesPerDelivery bounds the devices decided on for one
+	// delivery, counted across its alerts in order (0: the config
+	// default); the rest are recorded as dropped devices with that reason.
+	MaxDevicesPerDelivery int
 	// Now is the clock (nil: time.Now); signatures are checked against it.
 	Now func() time.Time
 
@@ -133,6 +137,7 @@ type api struct {
 	unverified        chan struct{}
 	unverifiedTimeout time.Duration
 	unverifiedTaken   func()
+	maxDevices        int
 	now               func() time.Time
 	metrics           *metrics
 	replay            *replayCache
@@ -193,6 +198,12 @@ func New(deps Deps) (*echo.Echo, error) {
 	if deps.UnverifiedReadTimeout < 0 {
 		return nil, fmt.Errorf("handlers: UnverifiedReadTimeout %s is negative", deps.UnverifiedReadTimeout)
 	}
+	if deps.MaxDevicesPerDelivery == 0 {
+		deps.MaxDevicesPerDelivery = config.Defaults().Server.MaxDevicesPerDelivery
+	}
+	if deps.MaxDevicesPerDelivery < 0 {
+		return nil, fmt.Errorf("handlers: MaxDevicesPerDelivery %d is negative", deps.MaxDevicesPerDelivery)
+	}
 	if len(deps.APIToken) > 0 && len(deps.APIToken) < 16 {
 		return nil, errors.New("handlers: APIToken is shorter than 16 characters")
 	}
@@ -210,6 +221,7 @@ func New(deps Deps) (*echo.Echo, error) {
 		unverified:        make(chan struct{}, deps.MaxUnverifiedInFlight),
 		unverifiedTimeout: deps.UnverifiedReadTimeout,
 		unverifiedTaken:   deps.unverifiedTaken,
+		maxDevices:        deps.MaxDevicesPerDelivery,
 
 		now:    deps.Now,
 		replay: newReplayCache(replayCapacity(deps.IngestLimiter, deps.MaxInFlight)),

@@ -125,3 +125,72 @@ func TestUnverifiedReadDeadline(t *testing.T) {
 		t.Fatalf("a signed delivery after the slow ones were cut: %d %s", r.status, r.body)
 	}
 }
+
+// TestMaxDevicesPerDelivery sends an Elastic delivery of 1,000 alerts with
+// three host names each to a server that decides on at most 10 devices per
+// delivery: exactly 10 decisions name a device, and every other device is
+// recorded as dropped with the reason, in the 202 and in explain alike.
+func TestMaxDevicesPerDelivery(t *testing.T) {
+	e := newEnv(t, func(d *Deps) { d.MaxDevicesPerDelivery = 10 })
+	var b strings.Builder
+	b.WriteString(`{"rule":{"name":"Cap"},"alerts":[`)
+	for i := range 1000 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"kibana.alert.uuid":"cap-%04d","kibana.alert.severity":"high","kibana.alert.status":"active",`+
+			`"host.name":["a-%04d.corp.example.com","b-%04d.corp.example.com","c-%04d.corp.example.com"]}`, i, i, i, i)
+	}
+	b.WriteString(`]}`)
+	body := []byte(b.String())
+	const reason = "over server.max_devices_per_delivery (10) for one delivery"
+
+	type decision struct {
+		AlertID string         `json:"alert_id"`
+		Device  map[string]any `json:"device"`
+		Reason  string         `json:"reason"`
+	}
+	check := func(what string, decs []decision) {
+		t.Helper()
+		var devices []string
+		dropped := 0
+		for _, d := range decs {
+			if d.Device != nil {
+				devices = append(devices, d.AlertID+" "+fmt.Sprint(d.Device["dns_name"]))
+				continue
+			}
+			if !strings.HasPrefix(d.Reason, "device dropped: ") && !strings.HasPrefix(d.Reason, "no usable device: ") {
+				t.Fatalf("%s: a decision without a device and with reason %q", what, d.Reason)
+			}
+			dropped += strings.Count(d.Reason, " ("+reason+")")
+		}
+		want := []string{
+			"cap-0000 a-0000.corp.example.com", "cap-0000 b-0000.corp.example.com", "cap-0000 c-0000.corp.example.com",
+			"cap-0001 a-0001.corp.example.com", "cap-0001 b-0001.corp.example.com", "cap-0001 c-0001.corp.example.com",
+			"cap-0002 a-0002.corp.example.com", "cap-0002 b-0002.corp.example.com", "cap-0002 c-0002.corp.example.com",
+			"cap-0003 a-0003.corp.example.com",
+		}
+		if strings.Join(devices, "\n") != strings.Join(want, "\n") {
+			t.Errorf("%s: devices decided on:\n%s\nwant the first 10 in order:\n%s", what, strings.Join(devices, "\n"), strings.Join(want, "\n"))
+		}
+		if dropped != 3000-10 {
+			t.Errorf("%s: %d devices dropped with the reason, want %d", what, dropped, 3000-10)
+		}
+	}
+
+	r := e.post("/v1/webhooks/elastic", body, bearer("elastic"))
+	if r.status != http.StatusAccepted {
+		t.Fatalf("webhook: %d %s", r.status, r.body)
+	}
+	check("webhook", decodeJSON[struct {
+		Decisions []decision `json:"decisions"`
+	}](t, r).Decisions)
+
+	r = e.post("/v1/explain/elastic", body, bearer("elastic"))
+	if r.status != http.StatusOK {
+		t.Fatalf("explain: %d %s", r.status, r.body)
+	}
+	check("explain", decodeJSON[struct {
+		Decisions []decision `json:"decisions"`
+	}](t, r).Decisions)
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -188,7 +189,50 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 	if err != nil {
 		return nil, nil, done, fmt.Errorf("decode %s body: %w", src.name, err)
 	}
+	capDevices(alerts, a.maxDevices)
 	return src, alerts, done, nil
+}
+
+// capDevices keeps the first max devices of a delivery, counted across its
+// alerts in order, and moves the rest to their alert's Dropped with the
+// reason, so that one delivery bounds the decisions (and scans) it makes
+// and no device is lost without a record. The rules then give each dropped
+// device a decision with no device and the reason "device dropped: …" (an
+// alert left with none: one "no usable device: …" decision listing them).
+func capDevices(alerts []alert.Alert, maxDevices int) {
+	left := maxDevices
+	var reason string
+	for i := range alerts {
+		a := &alerts[i]
+		if len(a.Devices) <= left {
+			left -= len(a.Devices)
+			continue
+		}
+		if reason == "" {
+			reason = fmt.Sprintf("over server.max_devices_per_delivery (%d) for one delivery", maxDevices)
+		}
+		over := a.Devices[left:]
+		dropped := make([]alert.DroppedDevice, 0, len(a.Dropped)+len(over))
+		dropped = append(dropped, a.Dropped...)
+		for _, d := range over {
+			dropped = append(dropped, alert.DroppedDevice{Value: deviceName(d), Reason: reason})
+		}
+		a.Devices = slices.Clip(a.Devices[:left])
+		a.Dropped = dropped
+		left = 0
+	}
+}
+
+// deviceName is how a dropped device is shown: its host name when known.
+func deviceName(d alert.Device) string {
+	switch {
+	case d.DNSName != "":
+		return d.DNSName
+	case d.ID != "":
+		return d.ID
+	default:
+		return d.AADDeviceID
+	}
 }
 
 func (a *api) currentRules() (*rules.Ruleset, error) {

@@ -187,6 +187,7 @@ func Run(ctx context.Context, cfg *config.Config, env Env, hooks Hooks) error {
 		MaxInFlight:           cfg.Server.MaxInFlight,
 		MaxUnverifiedInFlight: cfg.Server.MaxUnverifiedInFlight,
 		UnverifiedReadTimeout: cfg.Server.UnverifiedReadTimeout,
+		MaxDevicesPerDelivery: cfg.Server.MaxDevicesPerDelivery,
 	})
 	if err != nil {
 		return fmt.Errorf("http handlers: %w", err)
