@@ -11,8 +11,8 @@ import (
 )
 
 // TestRejectedMetricLabels checks that a 405 on a webhook route counts as
-// method_not_allowed, and a 429 from the in-flight limit under its source
-// (both are refused before the handler looks the source up).
+// method_not_allowed (refused before the handler looks the source up), and
+// a 429 from the in-flight limit under its source.
 func TestRejectedMetricLabels(t *testing.T) {
 	bs := &blockingStore{Store: openStore(t), entered: make(chan struct{}, 4), release: make(chan struct{})}
 	e := newEnv(t, withStore(bs), func(d *Deps) { d.MaxInFlight = 1 })

@@ -6,8 +6,10 @@ import (
 	"crypto/subtle"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"math"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,7 +110,7 @@ func (a *api) checkSignature(c *echo.Context, src *source, values []string) (aut
 	if d := now.Sub(signed); d > signatureSkew || d < -signatureSkew {
 		return auth{}, errUnauthorized(false)
 	}
-	body, err := a.readBody(c)
+	body, err := a.readUnverified(c)
 	if err != nil {
 		return auth{}, err
 	}
@@ -130,6 +132,44 @@ func (a *api) checkSignature(c *echo.Context, src *source, values []string) (aut
 		}
 	}
 	return auth{}, errUnauthorized(false)
+}
+
+// readUnverified reads a body that only its signature can vouch for. It
+// takes one of the unverified slots (429 when none is free, before any of
+// the body is read) and gives the body server.unverified_read_timeout to
+// arrive, so that slow or unsigned bodies hold neither a server.max_in_flight
+// slot nor one of these for long.
+func (a *api) readUnverified(c *echo.Context) ([]byte, error) {
+	select {
+	case a.unverified <- struct{}{}:
+		defer func() { <-a.unverified }()
+	default:
+		return nil, &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
+			Detail: "too many signed bodies are being read to check their signature; retry after the time in Retry-After",
+			Reason: reasonRateLimited, RetryAfter: time.Second}
+	}
+	if a.unverifiedTaken != nil {
+		a.unverifiedTaken()
+	}
+	// The connection's deadline, so wall time rather than a.now. A writer
+	// that cannot set one (ErrNotSupported) leaves server.read_timeout in
+	// force.
+	rc := http.NewResponseController(c.Response())
+	deadline := rc.SetReadDeadline(time.Now().Add(a.unverifiedTimeout)) == nil
+	body, err := a.readBody(c)
+	if err != nil {
+		var pe *Error
+		if deadline && errors.As(err, &pe) && errors.Is(pe.Err, os.ErrDeadlineExceeded) {
+			pe.Detail = "the body did not arrive within server.unverified_read_timeout"
+		}
+		return nil, err
+	}
+	if deadline {
+		// The body is in: what is left of the request (the store, the
+		// response) must not be cut by a deadline meant for the read.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	return body, nil
 }
 
 // parseSignature splits "t=<digits>,v1=<hex>[,v1=<hex>…]". Unknown keys are

@@ -89,11 +89,30 @@ type Deps struct {
 	// IngestLimiter bounds accepted webhook deliveries (nil: no limit).
 	IngestLimiter *rate.Limiter
 	// MaxInFlight bounds webhook deliveries being handled at once (0: the
-	// config default); beyond it a delivery gets 429 before its body is
-	// read, so senders that outrun the store cannot pile up memory.
+	// config default); beyond it an authenticated delivery gets 429 before
+	// its body is read (a signed one: once its signature has verified), so
+	// senders that outrun the store cannot pile up memory.
 	MaxInFlight int
+	// MaxUnverifiedInFlight bounds the bodies read at once only to check
+	// their signature (0: the config default). Beyond it such a request
+	// gets 429 before its body is read. A request with a valid bearer,
+	// query or Entra ID token never takes one of these slots, and a signed
+	// one takes a MaxInFlight slot only once its signature has verified,
+	// so slow or unsigned bodies cannot crowd out authenticated senders.
+	MaxUnverifiedInFlight int
+	// UnverifiedReadTimeout is how long such a body may take to arrive
+	// (0: the config default); a slower sender's connection is cut.
+	UnverifiedReadTimeout time.Duration
+	// MaxDevicesPerDelivery bounds the devices decided on for one
+	// delivery, counted across its alerts in order (0: the config
+	// default); the rest are recorded as dropped devices with that reason.
+	MaxDevicesPerDelivery int
 	// Now is the clock (nil: time.Now); signatures are checked against it.
 	Now func() time.Time
+
+	// unverifiedTaken, for tests, is called once a request holds an
+	// unverified slot, before its body is read.
+	unverifiedTaken func()
 }
 
 // MaxHeaderBytes caps request headers (http.Server.MaxHeaderBytes). Alert
@@ -114,9 +133,14 @@ type api struct {
 	maxBody    int64
 	limiter    *rate.Limiter
 	inFlight   chan struct{}
-	now        func() time.Time
-	metrics    *metrics
-	replay     *replayCache
+	// unverified holds the slots of bodies read only to check a signature.
+	unverified        chan struct{}
+	unverifiedTimeout time.Duration
+	unverifiedTaken   func()
+	maxDevices        int
+	now               func() time.Time
+	metrics           *metrics
+	replay            *replayCache
 }
 
 // source is a configured source with its secrets prepared for comparison.
@@ -162,6 +186,24 @@ func New(deps Deps) (*echo.Echo, error) {
 	if deps.MaxInFlight < 0 {
 		return nil, fmt.Errorf("handlers: MaxInFlight %d is negative", deps.MaxInFlight)
 	}
+	if deps.MaxUnverifiedInFlight == 0 {
+		deps.MaxUnverifiedInFlight = config.Defaults().Server.MaxUnverifiedInFlight
+	}
+	if deps.MaxUnverifiedInFlight < 0 {
+		return nil, fmt.Errorf("handlers: MaxUnverifiedInFlight %d is negative", deps.MaxUnverifiedInFlight)
+	}
+	if deps.UnverifiedReadTimeout == 0 {
+		deps.UnverifiedReadTimeout = config.Defaults().Server.UnverifiedReadTimeout
+	}
+	if deps.UnverifiedReadTimeout < 0 {
+		return nil, fmt.Errorf("handlers: UnverifiedReadTimeout %s is negative", deps.UnverifiedReadTimeout)
+	}
+	if deps.MaxDevicesPerDelivery == 0 {
+		deps.MaxDevicesPerDelivery = config.Defaults().Server.MaxDevicesPerDelivery
+	}
+	if deps.MaxDevicesPerDelivery < 0 {
+		return nil, fmt.Errorf("handlers: MaxDevicesPerDelivery %d is negative", deps.MaxDevicesPerDelivery)
+	}
 	if len(deps.APIToken) > 0 && len(deps.APIToken) < 16 {
 		return nil, errors.New("handlers: APIToken is shorter than 16 characters")
 	}
@@ -175,8 +217,14 @@ func New(deps Deps) (*echo.Echo, error) {
 		maxBody:  deps.MaxBodyBytes,
 		limiter:  deps.IngestLimiter,
 		inFlight: make(chan struct{}, deps.MaxInFlight),
-		now:      deps.Now,
-		replay:   newReplayCache(replayCapacity(deps.IngestLimiter, deps.MaxInFlight)),
+
+		unverified:        make(chan struct{}, deps.MaxUnverifiedInFlight),
+		unverifiedTimeout: deps.UnverifiedReadTimeout,
+		unverifiedTaken:   deps.unverifiedTaken,
+		maxDevices:        deps.MaxDevicesPerDelivery,
+
+		now:    deps.Now,
+		replay: newReplayCache(replayCapacity(deps.IngestLimiter, deps.MaxInFlight)),
 	}
 	if len(deps.APIToken) > 0 {
 		a.readTokens = append(a.readTokens, sha256.Sum256(deps.APIToken))

@@ -90,8 +90,8 @@ func (a *api) observe(next echo.HandlerFunc) echo.HandlerFunc {
 
 		src, _ := c.Get(ctxSource).(string)
 		if src == "" && route == routeWebhook {
-			// Refused before the handler looked the source up (405, the
-			// in-flight limit's 429): still counted under its source. The
+			// Refused before the handler looked the source up (405):
+			// still counted under its source. The
 			// router fills no parameter on a 405, hence the path.
 			name := c.Param("source")
 			if name == "" {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -139,6 +140,18 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 	if err != nil {
 		return nil, nil, done, err
 	}
+	if limited {
+		// Only now, authenticated: an unauthenticated request never holds
+		// a slot an authenticated sender could have had.
+		select {
+		case a.inFlight <- struct{}{}:
+			done = func(bool) { <-a.inFlight }
+		default:
+			return nil, nil, done, &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
+				Detail: "too many deliveries are being handled; retry after the time in Retry-After",
+				Reason: reasonRateLimited, RetryAfter: time.Second}
+		}
+	}
 	if au.replayKey != nil && limited {
 		ok, full := a.replay.reserve(*au.replayKey, au.replayUntil, a.now())
 		if full {
@@ -152,6 +165,7 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 			if !accepted {
 				a.replay.release(key)
 			}
+			<-a.inFlight
 		}
 	}
 	if err := checkJSON(c.Request()); err != nil {
@@ -175,7 +189,50 @@ func (a *api) decodeRequest(c *echo.Context, limited bool) (src *source, alerts 
 	if err != nil {
 		return nil, nil, done, fmt.Errorf("decode %s body: %w", src.name, err)
 	}
+	capDevices(alerts, a.maxDevices)
 	return src, alerts, done, nil
+}
+
+// capDevices keeps the first max devices of a delivery, counted across its
+// alerts in order, and moves the rest to their alert's Dropped with the
+// reason, so that one delivery bounds the decisions (and scans) it makes
+// and no device is lost without a record. The rules then give each dropped
+// device a decision with no device and the reason "device dropped: …" (an
+// alert left with none: one "no usable device: …" decision listing them).
+func capDevices(alerts []alert.Alert, maxDevices int) {
+	left := maxDevices
+	var reason string
+	for i := range alerts {
+		a := &alerts[i]
+		if len(a.Devices) <= left {
+			left -= len(a.Devices)
+			continue
+		}
+		if reason == "" {
+			reason = fmt.Sprintf("over server.max_devices_per_delivery (%d) for one delivery", maxDevices)
+		}
+		over := a.Devices[left:]
+		dropped := make([]alert.DroppedDevice, 0, len(a.Dropped)+len(over))
+		dropped = append(dropped, a.Dropped...)
+		for _, d := range over {
+			dropped = append(dropped, alert.DroppedDevice{Value: deviceName(d), Reason: reason})
+		}
+		a.Devices = slices.Clip(a.Devices[:left])
+		a.Dropped = dropped
+		left = 0
+	}
+}
+
+// deviceName is how a dropped device is shown: its host name when known.
+func deviceName(d alert.Device) string {
+	switch {
+	case d.DNSName != "":
+		return d.DNSName
+	case d.ID != "":
+		return d.ID
+	default:
+		return d.AADDeviceID
+	}
 }
 
 func (a *api) currentRules() (*rules.Ruleset, error) {
@@ -189,14 +246,6 @@ func (a *api) currentRules() (*rules.Ruleset, error) {
 // webhook is POST /v1/webhooks/{source}: the alert is durable in the store
 // before the 202.
 func (a *api) webhook(c *echo.Context) error {
-	select {
-	case a.inFlight <- struct{}{}:
-		defer func() { <-a.inFlight }()
-	default:
-		return &Error{Status: http.StatusTooManyRequests, Type: TypeRateLimited, Title: "Too many requests",
-			Detail: "too many deliveries are being handled; retry after the time in Retry-After",
-			Reason: reasonRateLimited, RetryAfter: time.Second}
-	}
 	src, alerts, done, err := a.decodeRequest(c, true)
 	accepted := false
 	defer func() { done(accepted) }()

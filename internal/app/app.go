@@ -184,7 +184,10 @@ func Run(ctx context.Context, cfg *config.Config, env Env, hooks Hooks) error {
 		Rules:   holder,
 		Sources: sources, DryRun: cfg.Defender.DryRun,
 		MaxBodyBytes: cfg.Server.MaxBodyBytes, IngestLimiter: ingestLimiter,
-		MaxInFlight: cfg.Server.MaxInFlight,
+		MaxInFlight:           cfg.Server.MaxInFlight,
+		MaxUnverifiedInFlight: cfg.Server.MaxUnverifiedInFlight,
+		UnverifiedReadTimeout: cfg.Server.UnverifiedReadTimeout,
+		MaxDevicesPerDelivery: cfg.Server.MaxDevicesPerDelivery,
 	})
 	if err != nil {
 		return fmt.Errorf("http handlers: %w", err)

@@ -120,6 +120,17 @@ type Server struct {
 	// MaxInFlight bounds webhook deliveries handled at once (429 beyond),
 	// which bounds memory when senders outrun the store.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxUnverifiedInFlight bounds the request bodies read at once only to
+	// check their signature (429 beyond). Requests with a valid bearer,
+	// query or Entra ID token never use it, so unsigned or slow bodies
+	// cannot take the slots of authenticated senders.
+	MaxUnverifiedInFlight int `yaml:"max_unverified_in_flight"`
+	// UnverifiedReadTimeout is how long a body read to check its signature
+	// may take; a slower sender is cut off.
+	UnverifiedReadTimeout time.Duration `yaml:"unverified_read_timeout"`
+	// MaxDevicesPerDelivery bounds the devices decided on for one delivery,
+	// counted across its alerts in order; the rest are recorded as dropped.
+	MaxDevicesPerDelivery int `yaml:"max_devices_per_delivery"`
 	// TimerSlack is deprecated and ignored: it is still accepted so that
 	// existing files load, and a value in it is warned about at start.
 	TimerSlack time.Duration `yaml:"timer_slack"`
@@ -169,6 +180,10 @@ func Defaults() Config {
 			IngestPerSecond: 5000,
 			IngestBurst:     5000,
 			MaxInFlight:     256,
+			// Signed bodies read before their signature is checked.
+			MaxUnverifiedInFlight: 32,
+			UnverifiedReadTimeout: 5 * time.Second,
+			MaxDevicesPerDelivery: 500,
 		},
 		Dispatch: Dispatch{
 			Workers:     4,
@@ -396,6 +411,18 @@ func (v *validator) check(c *Config) {
 	}
 	if c.Server.MaxInFlight < 1 {
 		v.errorf([]string{"server", "max_in_flight"}, "server.max_in_flight: must be at least 1")
+	}
+	if c.Server.MaxUnverifiedInFlight < 1 {
+		v.errorf([]string{"server", "max_unverified_in_flight"}, "server.max_unverified_in_flight: must be at least 1")
+	}
+	switch ut, rt := c.Server.UnverifiedReadTimeout, c.Server.ReadTimeout; {
+	case ut <= 0:
+		v.errorf([]string{"server", "unverified_read_timeout"}, "server.unverified_read_timeout: must be positive")
+	case rt > 0 && ut > rt:
+		v.errorf([]string{"server", "unverified_read_timeout"}, "server.unverified_read_timeout: must not exceed server.read_timeout (%s)", rt)
+	}
+	if c.Server.MaxDevicesPerDelivery < 1 {
+		v.errorf([]string{"server", "max_devices_per_delivery"}, "server.max_devices_per_delivery: must be at least 1")
 	}
 	if k := keyNodeAt(v.root, []string{"server", "timer_slack"}); k != nil && k.Kind == yaml.ScalarNode && k.Value == "timer_slack" {
 		v.warnf([]string{"server", "timer_slack"}, "server.timer_slack is deprecated and has no effect; remove it")

@@ -141,6 +141,20 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`c.yaml:2:19: `},
 		},
 		{
+			name: "intake bounds point at their values",
+			in:   "server:\n  max_unverified_in_flight: 0\n  unverified_read_timeout: 0s\n  max_devices_per_delivery: -1\n",
+			want: []string{
+				`c.yaml:2:29: server.max_unverified_in_flight: must be at least 1`,
+				`c.yaml:3:28: server.unverified_read_timeout: must be positive`,
+				`c.yaml:4:29: server.max_devices_per_delivery: must be at least 1`,
+			},
+		},
+		{
+			name: "unverified read timeout within read timeout",
+			in:   "server:\n  read_timeout: 2s\n  unverified_read_timeout: 3s\n",
+			want: []string{`c.yaml:3:28: server.unverified_read_timeout: must not exceed server.read_timeout (2s)`},
+		},
+		{
 			name: "every problem reported",
 			in:   "store:\n  driver: mysql\nlog:\n  level: loud\n",
 			want: []string{`c.yaml:2:11: store.driver`, `c.yaml:4:10: log.level: "loud"`},
