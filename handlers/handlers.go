@@ -180,29 +180,14 @@ func New(deps Deps) (*echo.Echo, error) {
 	if deps.Registerer == nil || deps.Gatherer == nil {
 		return nil, errors.New("handlers: set both Registerer and Gatherer, or neither")
 	}
-	if deps.MaxInFlight == 0 {
-		deps.MaxInFlight = config.Defaults().Server.MaxInFlight
-	}
-	if deps.MaxInFlight < 0 {
-		return nil, fmt.Errorf("handlers: MaxInFlight %d is negative", deps.MaxInFlight)
-	}
-	if deps.MaxUnverifiedInFlight == 0 {
-		deps.MaxUnverifiedInFlight = config.Defaults().Server.MaxUnverifiedInFlight
-	}
-	if deps.MaxUnverifiedInFlight < 0 {
-		return nil, fmt.Errorf("handlers: MaxUnverifiedInFlight %d is negative", deps.MaxUnverifiedInFlight)
-	}
-	if deps.UnverifiedReadTimeout == 0 {
-		deps.UnverifiedReadTimeout = config.Defaults().Server.UnverifiedReadTimeout
-	}
-	if deps.UnverifiedReadTimeout < 0 {
-		return nil, fmt.Errorf("handlers: UnverifiedReadTimeout %s is negative", deps.UnverifiedReadTimeout)
-	}
-	if deps.MaxDevicesPerDelivery == 0 {
-		deps.MaxDevicesPerDelivery = config.Defaults().Server.MaxDevicesPerDelivery
-	}
-	if deps.MaxDevicesPerDelivery < 0 {
-		return nil, fmt.Errorf("handlers: MaxDevicesPerDelivery %d is negative", deps.MaxDevicesPerDelivery)
+	def := config.Defaults().Server
+	if err := errors.Join(
+		defaultIfZero("MaxInFlight", &deps.MaxInFlight, def.MaxInFlight),
+		defaultIfZero("MaxUnverifiedInFlight", &deps.MaxUnverifiedInFlight, def.MaxUnverifiedInFlight),
+		defaultIfZero("UnverifiedReadTimeout", &deps.UnverifiedReadTimeout, def.UnverifiedReadTimeout),
+		defaultIfZero("MaxDevicesPerDelivery", &deps.MaxDevicesPerDelivery, def.MaxDevicesPerDelivery),
+	); err != nil {
+		return nil, err
 	}
 	if len(deps.APIToken) > 0 && len(deps.APIToken) < 16 {
 		return nil, errors.New("handlers: APIToken is shorter than 16 characters")
@@ -304,4 +289,16 @@ func NewServer(addr string, h http.Handler, s config.Server) *http.Server {
 		IdleTimeout:       s.IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 	}
+}
+
+// defaultIfZero fills an unset limit from the configuration's default and
+// refuses a negative one.
+func defaultIfZero[T int | time.Duration](name string, v *T, def T) error {
+	if *v < 0 {
+		return fmt.Errorf("handlers: %s %v is negative", name, *v)
+	}
+	if *v == 0 {
+		*v = def
+	}
+	return nil
 }
